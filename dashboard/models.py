@@ -1,0 +1,182 @@
+"""Flowscope's schema. Django owns it; the tap (eventbus/, plain psycopg) writes these tables.
+
+Table names are fixed (`db_table`) because the tap writes them with hand-written SQL and COPY.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Retention(models.TextChoices):
+    LIMITS = "limits"
+    INTEREST = "interest"
+    WORKQUEUE = "workqueue"
+
+
+class ObservedBy(models.TextChoices):
+    CONSUMER = "consumer", "ephemeral ack-none consumer"
+    REPUBLISH = "republish", "stream RePublish"
+    SUBJECT = "subject", "subject subscription"
+    NONE = "none", "not observed"
+
+
+class Stream(models.Model):
+    """One incarnation of a JetStream stream: deleted and created again, it is a new row,
+    because its sequence numbers start again at 1."""
+
+    name = models.CharField(max_length=255)
+    created = models.DateTimeField(help_text="the server's creation time of this incarnation")
+    retention = models.CharField(max_length=16, choices=Retention.choices)
+    subjects = models.JSONField(default=list)
+    config = models.JSONField(default=dict)
+    observed_by = models.CharField(max_length=16, choices=ObservedBy.choices, default="none")
+    observation_note = models.TextField(blank=True, default="")
+    discovered_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    # Latest state, refreshed by the lag sampler; the history is in StreamSample.
+    messages = models.BigIntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+    first_seq = models.BigIntegerField(default=0)
+    last_seq = models.BigIntegerField(default=0)
+    consumer_count = models.IntegerField(default=0)
+
+    class Meta:
+        db_table = "flowscope_stream"
+        constraints = [
+            models.UniqueConstraint(fields=["name", "created"], name="stream_incarnation_unique")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Checkpoint(models.Model):
+    """The last stream sequence written for a stream; committed in the same transaction as
+    the events it covers, so a restart resumes at last_seq + 1."""
+
+    stream = models.OneToOneField(Stream, on_delete=models.CASCADE, primary_key=True)
+    last_seq = models.BigIntegerField(default=0)
+    recorded = models.BigIntegerField(default=0, help_text="events written for this stream")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "flowscope_checkpoint"
+
+
+class Event(models.Model):
+    """One message as stored in a stream. The table is partitioned by day on `ts` (see the
+    migration); Django sees `id` as the key, the database keys on (id, ts)."""
+
+    id = models.BigAutoField(primary_key=True)
+    stream = models.ForeignKey(Stream, on_delete=models.DO_NOTHING, db_constraint=False)
+    seq = models.BigIntegerField(null=True)  # stream sequence; null when the observer lacks it
+    ts = models.DateTimeField()  # the stream's timestamp (receipt time when unknown)
+    subject = models.TextField()
+    size = models.IntegerField()
+    headers = models.JSONField(null=True)
+    msg_id = models.TextField(null=True)
+    trace_id = models.CharField(max_length=32, null=True)
+    span_id = models.CharField(max_length=16, null=True)
+    service = models.TextField(null=True)
+    payload = models.BinaryField()
+    truncated = models.BooleanField(default=False)
+    recorded_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "flowscope_event"
+        managed = True
+
+
+class Gap(models.Model):
+    """Stream sequences the tap could not record: they left the stream before it read them."""
+
+    stream = models.ForeignKey(Stream, on_delete=models.CASCADE, related_name="gaps")
+    first_seq = models.BigIntegerField()
+    last_seq = models.BigIntegerField()
+    detected_at = models.DateTimeField(auto_now_add=True)
+    reason = models.TextField()
+
+    class Meta:
+        db_table = "flowscope_gap"
+        constraints = [
+            models.UniqueConstraint(fields=["stream", "first_seq"], name="gap_unique_start")
+        ]
+
+    @property
+    def count(self) -> int:
+        return self.last_seq - self.first_seq + 1
+
+
+class Consumer(models.Model):
+    """An application's consumer, as last seen; the lag history is in ConsumerSample."""
+
+    stream = models.ForeignKey(Stream, on_delete=models.CASCADE, related_name="consumers")
+    name = models.CharField(max_length=255)
+    config = models.JSONField(default=dict)
+    created = models.DateTimeField(null=True)
+    last_seen = models.DateTimeField()
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    num_pending = models.BigIntegerField(default=0)
+    num_ack_pending = models.BigIntegerField(default=0)
+    num_redelivered = models.BigIntegerField(default=0)
+    num_waiting = models.BigIntegerField(default=0)
+    delivered_stream_seq = models.BigIntegerField(default=0)
+    ack_floor_stream_seq = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "flowscope_consumer"
+        constraints = [
+            models.UniqueConstraint(fields=["stream", "name"], name="consumer_unique_name")
+        ]
+
+    @property
+    def lag(self) -> int:
+        return self.num_pending + self.num_ack_pending
+
+
+class ConsumerSample(models.Model):
+    ts = models.DateTimeField(db_index=True)
+    stream = models.ForeignKey(Stream, on_delete=models.CASCADE)
+    consumer = models.CharField(max_length=255)
+    num_pending = models.BigIntegerField()
+    num_ack_pending = models.BigIntegerField()
+    num_redelivered = models.BigIntegerField()
+    num_waiting = models.BigIntegerField()
+    delivered_stream_seq = models.BigIntegerField()
+    ack_floor_stream_seq = models.BigIntegerField()
+    downsampled = models.BooleanField(default=False)
+
+    class Meta:
+        db_table = "flowscope_consumer_sample"
+        indexes = [models.Index(fields=["stream", "consumer", "ts"], name="consumer_sample_series")]
+
+
+class StreamSample(models.Model):
+    ts = models.DateTimeField(db_index=True)
+    stream = models.ForeignKey(Stream, on_delete=models.CASCADE)
+    messages = models.BigIntegerField()
+    bytes = models.BigIntegerField()
+    first_seq = models.BigIntegerField()
+    last_seq = models.BigIntegerField()
+    consumer_count = models.IntegerField()
+    downsampled = models.BooleanField(default=False)
+
+    class Meta:
+        db_table = "flowscope_stream_sample"
+        indexes = [models.Index(fields=["stream", "ts"], name="stream_sample_series")]
+
+
+class TapInstance(models.Model):
+    """A running tap process: taps split streams between the live ones (see eventbus/lease.py)."""
+
+    id = models.CharField(max_length=64, primary_key=True)
+    hostname = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    started_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField()
+    streams = models.JSONField(default=list)
+
+    class Meta:
+        db_table = "flowscope_tap"

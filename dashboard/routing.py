@@ -1,0 +1,5 @@
+"""Websocket routes. The live consumers arrive with the live-dashboard issue."""
+
+from django.urls import URLPattern
+
+websocket_urlpatterns: list[URLPattern] = []

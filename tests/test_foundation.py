@@ -1,0 +1,113 @@
+"""Settings, health endpoints, the admin bootstrap and the compose file."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from django.core.management import call_command
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_settings(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "import django.conf as c; c.settings.DEBUG; print('ok')"],
+        cwd=ROOT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings", **env},
+        capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def test_production_settings_refuse_the_development_secret_key():
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import django.conf as c; c.settings.DEBUG"],
+        cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "dashboard.settings", "DJANGO_DEBUG": "0"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is the development key" in result.stderr
+
+
+def test_production_settings_start_with_a_real_secret_key():
+    result = run_settings({"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "x" * 50})
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_settings_without_a_database_say_what_to_do(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import django.conf as c; c.settings.DEBUG"],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+             "FLOWSCOPE_STATE_DIR": str(tmp_path)},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert "DATABASE_URL is not set" in result.stderr
+
+
+def test_healthz_answers(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.django_db
+def test_readyz_is_ready_on_a_migrated_database(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+@pytest.mark.django_db
+def test_ensure_admin_creates_admin_once_and_prints_the_password(capsys, monkeypatch):
+    from django.contrib.auth.models import User
+
+    monkeypatch.delenv("FLOWSCOPE_ADMIN_PASSWORD", raising=False)
+    call_command("ensure_admin")
+    out = capsys.readouterr().out
+    password = out.split("password: ")[1].split()[0]
+    admin = User.objects.get(username="admin")
+    assert admin.check_password(password) and admin.is_superuser
+    assert admin.groups.filter(name="admin").exists()
+    call_command("ensure_admin")
+    assert "password" not in capsys.readouterr().out  # shown only the first time
+
+
+@pytest.mark.django_db
+def test_ensure_admin_takes_the_password_from_the_environment(monkeypatch):
+    from django.contrib.auth.models import User
+
+    monkeypatch.setenv("FLOWSCOPE_ADMIN_PASSWORD", "given-password-42")
+    call_command("ensure_admin")
+    assert User.objects.get(username="admin").check_password("given-password-42")
+
+
+@pytest.mark.django_db
+def test_anonymous_visitors_are_sent_to_login(client):
+    response = client.get("/")
+    assert response.status_code == 302 and response.url.startswith("/login/")
+
+
+def test_compose_file_is_valid_and_every_command_exists():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"nats", "postgres", "migrate", "tap", "web", "demo"} <= set(services)
+    for name in ("nats", "postgres", "web"):
+        assert "healthcheck" in services[name], name
+    from django.core.management import get_commands
+
+    commands = get_commands()
+    for name, service in services.items():
+        cmd = service.get("command")
+        if not cmd or ("image" in service and "build" not in service):
+            continue
+        argv = cmd if isinstance(cmd, list) else cmd.split()
+        if argv[:2] == ["python", "manage.py"]:
+            assert argv[2] in commands, f"{name}: manage.py {argv[2]} does not exist"
+        elif argv[0] == "daphne":
+            module, _, attr = argv[-1].partition(":")
+            mod = __import__(module, fromlist=[attr])
+            assert hasattr(mod, attr), f"{name}: {argv[-1]} does not exist"
+        else:
+            pytest.fail(f"{name}: unexpected command {argv}")
