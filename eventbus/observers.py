@@ -1,0 +1,384 @@
+"""One observer per stream: how the tap reads a stream without disturbing its applications.
+
+- limits and interest streams: an ephemeral pull consumer, ack none, memory storage, a short
+  inactive threshold, starting at the checkpoint + 1. Ack none means the server counts each
+  message as acknowledged once delivered, so an interest stream is not held back while the tap
+  keeps up, and if the tap dies its consumer vanishes after `inactive_threshold`. We ask for
+  messages only when the writer has room (pull requests bounded in count and bytes), so nats-py's
+  subscription queue can never overflow and drop silently, and we check sequence continuity
+  ourselves: a jump is a gap, recorded as such.
+- work-queue streams admit no second consumer: the tap subscribes to the stream's subjects
+  (core NATS) and records what is published, without sequences; or, once an admin turned on
+  RePublish for the stream, it reads the republished copies, which carry the stream sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from eventbus.records import (
+    REPUBLISH_SEQUENCE,
+    REPUBLISH_TIMESTAMP,
+    Gap,
+    build_record,
+    header,
+    ns_to_datetime,
+    parse_ack_subject,
+    parse_nats_time,
+)
+from eventbus.writer import Writer
+
+log = logging.getLogger("flowscope.observer")
+
+CONSUMER_PREFIX = "flowscope_tap"
+NS = 1_000_000_000
+
+
+@dataclass
+class ObserverSettings:
+    preview_bytes: int = 64 * 1024
+    service_header: str = "Flowscope-Service"
+    batch: int = 1000  # messages per pull request
+    inflight: int = 3  # pull requests outstanding at once
+    expires: float = 5.0  # seconds a pull request waits on an idle stream
+    heartbeat: float = 1.0  # the server's idle heartbeat while a request waits
+    inactive_threshold: float = 15.0  # a dead tap's consumer vanishes after this
+    max_request_bytes: int = 8 * 1024 * 1024
+
+
+class Observer:
+    """Common part: a stream, where to resume, where records go."""
+
+    mode = "none"
+
+    def __init__(
+        self,
+        nc: Client,
+        writer: Writer,
+        stream: str,
+        stream_id: int,
+        next_seq: int,
+        settings: ObserverSettings,
+    ):
+        self.nc = nc
+        self.writer = writer
+        self.stream = stream
+        self.stream_id = stream_id
+        self.next_seq = next_seq
+        self.settings = settings
+        self.task: asyncio.Task[None] | None = None
+        self.received = 0
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run_forever(), name=f"observer:{self.stream}")
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        return None
+
+    async def resync(self, checkpoint: int) -> None:
+        """Resume from `checkpoint + 1` (the writer found the stored checkpoint elsewhere)."""
+        await self.stop()
+        self.next_seq = checkpoint + 1
+        self.start()
+
+    async def _run_forever(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "stream %s: observer failed (%r); retrying in %.1fs", self.stream, exc, delay
+                )
+                await self._cleanup()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    async def _record(self, seq: int | None, ts: datetime, subject: str, msg: Msg) -> None:
+        if seq is not None:
+            if seq < self.next_seq:
+                return  # already recorded (a re-delivery after we recreated the consumer)
+            if seq > self.next_seq:
+                await self.writer.put(
+                    Gap(
+                        self.stream_id,
+                        self.next_seq,
+                        seq - 1,
+                        "left the stream before the tap read it",
+                    )
+                )
+            self.next_seq = seq + 1
+        self.received += 1
+        await self.writer.put(
+            build_record(
+                stream_id=self.stream_id, seq=seq, ts=ts, subject=subject, data=msg.data,
+                headers=msg.headers, preview_bytes=self.settings.preview_bytes,
+                service_header=self.settings.service_header,
+            )
+        )  # fmt: skip
+
+
+class ConsumerObserver(Observer):
+    """Ephemeral ack-none pull consumer with pipelined, credit-bounded pull requests."""
+
+    mode = "consumer"
+    generation = 0
+
+    def __init__(self, *args: Any, tap_id: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.tap_id = tap_id
+        self.consumer = ""
+        self.sub: Subscription | None = None
+        self.requests: deque[list[float]] = deque()  # [remaining, deadline] per pull request
+        self.last_activity = time.monotonic()
+        self.wake = asyncio.Event()
+        self.failed: str | None = None
+
+    async def _create_consumer(self) -> None:
+        ConsumerObserver.generation += 1
+        self.consumer = f"{CONSUMER_PREFIX}_{self.tap_id}_{ConsumerObserver.generation}"
+        s = self.settings
+        config = {
+            "name": self.consumer,
+            "ack_policy": "none",
+            "deliver_policy": "by_start_sequence",
+            "opt_start_seq": max(1, self.next_seq),
+            "replay_policy": "instant",
+            "inactive_threshold": int(s.inactive_threshold * NS),
+            "mem_storage": True,
+            "num_replicas": 1,
+            "max_waiting": 16,
+            "description": "Flowscope tap: read-only observer (ack none, removed when idle)",
+        }
+        subject = f"$JS.API.CONSUMER.CREATE.{self.stream}.{self.consumer}"
+        payload = json.dumps({"stream_name": self.stream, "config": config, "action": "create"})
+        reply = await self.nc.request(subject, payload.encode(), timeout=5)
+        resp = json.loads(reply.data)
+        if "error" in resp:
+            raise RuntimeError(f"consumer create failed: {resp['error']}")
+
+    async def _cleanup(self) -> None:
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+            self.sub = None
+        if self.consumer and self.nc.is_connected:
+            with contextlib.suppress(Exception):
+                await self.nc.request(
+                    f"$JS.API.CONSUMER.DELETE.{self.stream}.{self.consumer}", b"", timeout=2
+                )
+        self.consumer = ""
+        self.requests.clear()
+
+    async def _run(self) -> None:
+        self.failed = None
+        await self._create_consumer()
+        inbox = self.nc.new_inbox()
+        # Pull requests bound what can arrive, so the subscription's own limits never apply.
+        self.sub = await self.nc.subscribe(
+            inbox, cb=self._on_msg, pending_msgs_limit=0, pending_bytes_limit=0
+        )
+        self.last_activity = time.monotonic()
+        s = self.settings
+        while True:
+            if self.failed:
+                raise RuntimeError(self.failed)
+            now = time.monotonic()
+            while self.requests and self.requests[0][1] < now:
+                self.requests.popleft()  # expired without a status reply (e.g. lost on reconnect)
+            if self.requests and now - self.last_activity > max(3 * s.heartbeat, 3.0):
+                raise RuntimeError("no heartbeat from the server: consumer lost")
+            outstanding = sum(int(r[0]) for r in self.requests)
+            credit = self.writer.free() - outstanding
+            if len(self.requests) < s.inflight and credit >= min(s.batch, 100):
+                batch = min(s.batch, credit)
+                request = {
+                    "batch": batch,
+                    "expires": int(s.expires * NS),
+                    "idle_heartbeat": int(s.heartbeat * NS),
+                    "max_bytes": max(s.max_request_bytes, 2 * self.nc.max_payload),
+                }
+                if not self.requests:
+                    self.last_activity = now
+                self.requests.append([batch, now + s.expires + 1.0])
+                await self.nc.publish(
+                    f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}",
+                    json.dumps(request).encode(),
+                    reply=inbox,
+                )
+                continue
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=0.5)
+
+    def _request_done(self, count: int) -> None:
+        """`count` messages of the oldest request arrived (the server serves them in order)."""
+        while count > 0 and self.requests:
+            take = min(count, int(self.requests[0][0]))
+            self.requests[0][0] -= take
+            count -= take
+            if self.requests[0][0] <= 0:
+                self.requests.popleft()
+        self.wake.set()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self.last_activity = time.monotonic()
+        status = msg.headers.get("Status") if msg.headers else None
+        if status:
+            if status == "100":  # idle heartbeat: the consumer is alive
+                return
+            if status in ("408", "409") and msg.headers:
+                description = (msg.headers.get("Description") or "").lower()
+                if status == "409" and ("deleted" in description or "leadership" in description):
+                    self.failed = f"consumer gone: {description}"
+                if self.requests:
+                    self.requests.popleft()  # that request is over
+                self.wake.set()
+                return
+            if status == "404" and self.requests:
+                self.requests.popleft()
+                self.wake.set()
+            return
+        meta = parse_ack_subject(msg.reply) if msg.reply else None
+        if meta is None:
+            return
+        self._request_done(1)
+        await self._record(meta.stream_seq, ns_to_datetime(meta.timestamp_ns), msg.subject, msg)
+
+
+def republish_pattern(dest: str) -> str:
+    """The subscription subject for a RePublish destination (mapping functions -> `*`)."""
+    tokens = []
+    for token in dest.split("."):
+        tokens.append(
+            "*" if "{{" in token or (token.startswith("$") and token[1:].isdigit()) else token
+        )
+    return ".".join(tokens)
+
+
+class SubjectObserver(Observer):
+    """Core subscription on the stream's subjects (work-queue streams, by default)."""
+
+    mode = "subject"
+
+    def __init__(self, *args: Any, subjects: list[str], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.subjects = subjects
+        self.subs: list[Subscription] = []
+        self.dropped = 0
+
+    async def _run(self) -> None:
+        for subject in self.subjects:
+            self.subs.append(await self.nc.subscribe(subject, cb=self._on_msg))
+        await asyncio.Event().wait()  # until cancelled
+
+    async def _cleanup(self) -> None:
+        for sub in self.subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self.subs = []
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if msg.subject.startswith("$JS.") or msg.subject.startswith("_INBOX."):
+            return
+        await self._record(None, datetime.now(UTC), msg.subject, msg)
+
+
+class RepublishObserver(Observer):
+    """Reads the copies the server republishes for the stream (ADR-28), sequence included."""
+
+    mode = "republish"
+
+    def __init__(self, *args: Any, dest: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.dest = dest
+        self.sub: Subscription | None = None
+
+    async def _run(self) -> None:
+        self.sub = await self.nc.subscribe(republish_pattern(self.dest), cb=self._on_msg)
+        await asyncio.Event().wait()
+
+    async def _cleanup(self) -> None:
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+            self.sub = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        seq_text = header(msg.headers, REPUBLISH_SEQUENCE)
+        if not seq_text or not seq_text.isdigit():
+            return
+        ts = parse_nats_time(header(msg.headers, REPUBLISH_TIMESTAMP)) or datetime.now(UTC)
+        subject = header(msg.headers, "Nats-Subject") or msg.subject
+        await self._record(int(seq_text), ts, subject, msg)
+
+
+ObserverFactory = Callable[..., Observer]
+
+
+def choose_observer(
+    config: dict[str, Any],
+) -> tuple[str, str]:
+    """(mode, plain-language note) for a stream config, as the dashboard shows it."""
+    retention = config.get("retention", "limits")
+    republish = config.get("republish") or {}
+    if republish.get("dest"):
+        note = (
+            "RePublish is on for this stream: the tap reads the republished copies, which carry "
+            "the stream sequence and time, so gaps are detected. "
+        )
+        if republish.get("headers_only"):
+            note += "The stream republishes headers only: payload previews are empty. "
+        note += "Messages republished while the tap was down are recorded as gaps."
+        return "republish", note
+    if retention == "workqueue":
+        return "subject", (
+            "Work-queue streams admit no second consumer, so the tap subscribes to the stream's "
+            "subjects instead. It sees every message as it is published, but without the stream "
+            "sequence or stored time (receipt time is shown), it misses what was published while "
+            "it was down, and it cannot tell a message the stream rejected (e.g. a duplicate "
+            "Nats-Msg-Id) from one it stored. An admin can turn on RePublish for full fidelity."
+        )
+    if retention == "interest":
+        return "consumer", (
+            "An ephemeral ack-none consumer reads every stored message from the checkpoint on. "
+            "Ack none means delivery to the tap counts as acknowledged, so messages still leave "
+            "the stream once the applications' consumers acked them. If the tap stops, its "
+            "consumer disappears after 15 s; messages stored meanwhile may be gone when it "
+            "returns and are recorded as gaps."
+        )
+    return "consumer", (
+        "An ephemeral ack-none consumer reads every stored message from the checkpoint on, in "
+        "sequence; messages that expire or are removed before the tap reads them are recorded "
+        "as gaps."
+    )
+
+
+def is_tap_consumer(name: str) -> bool:
+    return name.startswith(CONSUMER_PREFIX)

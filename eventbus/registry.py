@@ -1,0 +1,126 @@
+"""Streams as the server describes them, and their rows in flowscope_stream."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from nats.aio.client import Client
+from psycopg.types.json import Jsonb
+
+from eventbus.observers import choose_observer
+from eventbus.records import parse_nats_time
+
+
+@dataclass
+class StreamDesc:
+    name: str
+    created: datetime
+    config: dict[str, Any]
+    state: dict[str, Any]
+
+    @property
+    def retention(self) -> str:
+        return str(self.config.get("retention", "limits"))
+
+    @property
+    def subjects(self) -> list[str]:
+        return list(self.config.get("subjects") or [])
+
+    @property
+    def incarnation(self) -> tuple[str, datetime]:
+        return self.name, self.created
+
+
+class JetStreamError(Exception):
+    pass
+
+
+async def js_api(nc: Client, subject: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    reply = await nc.request(subject, json.dumps(payload or {}).encode(), timeout=5)
+    resp: dict[str, Any] = json.loads(reply.data)
+    if "error" in resp:
+        raise JetStreamError(f"{subject}: {resp['error'].get('description', resp['error'])}")
+    return resp
+
+
+def describe(info: dict[str, Any]) -> StreamDesc:
+    created = parse_nats_time(info.get("created"))
+    if created is None:
+        raise JetStreamError(f"stream info without a creation time: {info.get('config', {})}")
+    return StreamDesc(info["config"]["name"], created, info["config"], info.get("state", {}))
+
+
+async def list_streams(nc: Client) -> list[StreamDesc]:
+    """Every stream, paging through STREAM.LIST (the server answers a page at a time)."""
+    found: list[StreamDesc] = []
+    offset = 0
+    while True:
+        resp = await js_api(nc, "$JS.API.STREAM.LIST", {"offset": offset})
+        page = resp.get("streams") or []
+        found.extend(describe(info) for info in page)
+        offset += len(page)
+        if not page or offset >= int(resp.get("total", 0)):
+            return found
+
+
+async def upsert_stream(conn: psycopg.AsyncConnection[object], s: StreamDesc) -> tuple[int, int]:
+    """The row of this incarnation (created if new) and its checkpoint: (stream_id, last_seq)."""
+    mode, note = choose_observer(s.config)
+    state = s.state
+    async with conn.transaction():
+        cur = await conn.execute(
+            """
+            INSERT INTO flowscope_stream (name, created, retention, subjects, config, observed_by,
+                observation_note, discovered_at, updated_at, deleted_at, messages, bytes,
+                first_seq, last_seq, consumer_count)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, now(), now(), NULL, %s, %s, %s, %s, %s)
+            ON CONFLICT (name, created) DO UPDATE SET retention = EXCLUDED.retention,
+                subjects = EXCLUDED.subjects, config = EXCLUDED.config,
+                observed_by = EXCLUDED.observed_by, observation_note = EXCLUDED.observation_note,
+                updated_at = now(), deleted_at = NULL
+            RETURNING id
+            """,
+            (s.name, s.created, s.retention, Jsonb(s.subjects), Jsonb(s.config), mode, note,
+             state.get("messages", 0), state.get("bytes", 0), state.get("first_seq", 0),
+             state.get("last_seq", 0), state.get("consumer_count", 0)),
+        )  # fmt: skip
+        row = await cur.fetchone()
+        assert row is not None
+        stream_id = int(row[0])  # type: ignore[call-overload]
+        await conn.execute(
+            "UPDATE flowscope_stream SET deleted_at = now() WHERE name = %s AND id <> %s "
+            "AND deleted_at IS NULL",
+            (s.name, stream_id),
+        )
+        await conn.execute(
+            "INSERT INTO flowscope_checkpoint (stream_id, last_seq, recorded, updated_at) "
+            "VALUES (%s, 0, 0, now()) ON CONFLICT DO NOTHING",
+            (stream_id,),
+        )
+        cur = await conn.execute(
+            "SELECT last_seq FROM flowscope_checkpoint WHERE stream_id = %s", (stream_id,)
+        )
+        cp = await cur.fetchone()
+    return stream_id, int(cp[0]) if cp else 0  # type: ignore[call-overload]
+
+
+async def checkpoint(conn: psycopg.AsyncConnection[object], stream_id: int) -> int:
+    cur = await conn.execute(
+        "SELECT last_seq FROM flowscope_checkpoint WHERE stream_id = %s", (stream_id,)
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0  # type: ignore[call-overload]
+
+
+async def mark_deleted(conn: psycopg.AsyncConnection[object], live: set[str]) -> list[str]:
+    """Streams recorded as live that the server no longer has: mark them deleted."""
+    cur = await conn.execute(
+        "UPDATE flowscope_stream SET deleted_at = now() WHERE deleted_at IS NULL "
+        "AND NOT (name = ANY(%s)) RETURNING name",
+        (list(live),),
+    )
+    return [str(r[0]) for r in await cur.fetchall()]  # type: ignore[call-overload]

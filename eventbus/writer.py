@@ -1,0 +1,242 @@
+"""The tap's writer: one bounded buffer, batched COPY, checkpoints in the same transaction.
+
+Observers `await writer.put(item)`; when the buffer is full that call waits, which stops the
+observer from asking NATS for more (backpressure instead of memory growth or loss). A batch is
+committed as one transaction: for each stream, the checkpoint moves from the sequence just before
+the batch's first item to its last one *only if* the stored checkpoint is still that sequence.
+Otherwise another tap (or an earlier incarnation of this one) wrote those sequences: the batch's
+items for that stream are dropped and its observer is told to resume from the stored checkpoint.
+That guard is what makes the table exactly-once across crashes, restarts and tap hand-overs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from eventbus.partitions import Partitions
+from eventbus.records import EventRecord, Gap
+
+log = logging.getLogger("flowscope.writer")
+
+Item = EventRecord | Gap
+COPY_SQL = (
+    "COPY flowscope_event (stream_id, seq, ts, subject, size, headers, msg_id, trace_id, "
+    "span_id, service, payload, truncated) FROM STDIN (FORMAT BINARY)"
+)
+COPY_TYPES = [
+    "int8", "int8", "timestamptz", "text", "int4", "jsonb", "text", "varchar", "varchar",
+    "text", "bytea", "bool",
+]  # fmt: skip
+
+
+@dataclass
+class Committed:
+    """What one committed batch wrote: the tap announces it as a digest."""
+
+    events: list[EventRecord]
+    gaps: list[Gap]
+    last_seq: dict[int, int] = field(default_factory=dict)
+    counts: Counter[int] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+def item_seq_range(item: Item) -> tuple[int, int] | None:
+    if isinstance(item, Gap):
+        return item.first_seq, item.last_seq
+    return (item.seq, item.seq) if item.seq is not None else None
+
+
+class Writer:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        buffer_size: int = 20_000,
+        batch_size: int = 5_000,
+        flush_interval: float = 0.25,
+        on_commit: Callable[[Committed], Awaitable[None]] | None = None,
+        on_conflict: Callable[[int], Awaitable[None]] | None = None,
+    ):
+        self.database_url = database_url
+        self.queue: asyncio.Queue[Item] = asyncio.Queue(buffer_size)
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.on_commit = on_commit
+        self.on_conflict = on_conflict
+        self.partitions = Partitions()
+        self.conn: psycopg.AsyncConnection[object] | None = None
+        self.db_down_since: float | None = None
+        self.written = 0
+        self.flushed = asyncio.Event()
+
+    async def put(self, item: Item) -> None:
+        await self.queue.put(item)
+
+    def free(self) -> int:
+        return self.queue.maxsize - self.queue.qsize()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush until `stop` is set and the buffer is empty."""
+        while not (stop.is_set() and self.queue.empty()):
+            batch = await self._collect(stop)
+            if batch:
+                await self._write_until_done(batch, stop)
+            self.flushed.set()
+        if self.conn is not None:
+            await self.conn.close()
+
+    async def _collect(self, stop: asyncio.Event) -> list[Item]:
+        try:
+            first = await asyncio.wait_for(self.queue.get(), timeout=self.flush_interval)
+        except TimeoutError:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.flush_interval
+        while len(batch) < self.batch_size:
+            while len(batch) < self.batch_size and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            remaining = deadline - time.monotonic()
+            if len(batch) >= self.batch_size or remaining <= 0 or stop.is_set():
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), timeout=remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _connect(self) -> psycopg.AsyncConnection[object]:
+        if self.conn is None or self.conn.closed:
+            self.conn = await psycopg.AsyncConnection.connect(
+                self.database_url, application_name="flowscope-tap-writer", connect_timeout=5
+            )
+        return self.conn
+
+    async def _write_until_done(self, batch: list[Item], stop: asyncio.Event) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._write(batch)
+                if self.db_down_since is not None:
+                    log.warning(
+                        "PostgreSQL is back after %.1fs: writing resumed",
+                        time.monotonic() - self.db_down_since,
+                    )
+                    self.db_down_since = None
+                return
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if self.db_down_since is None:
+                    self.db_down_since = time.monotonic()
+                    log.error(
+                        "PostgreSQL unavailable (%s): holding %d events and pausing NATS reads "
+                        "until it is back",
+                        str(exc).strip().splitlines()[0]
+                        if str(exc).strip()
+                        else type(exc).__name__,
+                        len(batch) + self.queue.qsize(),
+                    )
+                if self.conn is not None:
+                    await self.conn.close()
+                    self.conn = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _write(self, batch: list[Item]) -> None:
+        conn = await self._connect()
+        await self.partitions.ensure(
+            conn, {i.ts.date() for i in batch if isinstance(i, EventRecord)}
+        )
+        t0 = time.perf_counter()
+        while batch:
+            conflicts = await self._try_commit(conn, batch)
+            if not conflicts:
+                break
+            for stream_id in conflicts:
+                log.warning(
+                    "stream %d: checkpoint moved under us (another tap?): resynchronising",
+                    stream_id,
+                )
+                if self.on_conflict:
+                    await self.on_conflict(stream_id)
+            batch = [i for i in batch if i.stream_id not in conflicts]
+        if not batch:
+            return
+        committed = summarize(batch)
+        committed.seconds = time.perf_counter() - t0
+        self.written += len(committed.events)
+        if self.on_commit:
+            await self.on_commit(committed)
+
+    async def _try_commit(
+        self, conn: psycopg.AsyncConnection[object], batch: list[Item]
+    ) -> set[int]:
+        """Commit the batch, or roll it back and return the streams whose guard failed."""
+        ranges: dict[int, list[int]] = {}
+        unsequenced: Counter[int] = Counter()
+        for item in batch:
+            r = item_seq_range(item)
+            if r is None:
+                unsequenced[item.stream_id] += 1
+                continue
+            if item.stream_id not in ranges:
+                ranges[item.stream_id] = [r[0], r[1], 0]
+            span = ranges[item.stream_id]
+            span[1] = r[1]
+            if isinstance(item, EventRecord):
+                span[2] += 1
+        conflicts: set[int] = set()
+        async with conn.transaction(), conn.cursor() as cur:
+            for stream_id, (first, last, n) in ranges.items():
+                await cur.execute(
+                    "UPDATE flowscope_checkpoint SET last_seq = %s, recorded = recorded + %s, "
+                    "updated_at = now() WHERE stream_id = %s AND last_seq = %s",
+                    (last, n, stream_id, first - 1),
+                )
+                if cur.rowcount != 1:
+                    conflicts.add(stream_id)
+            if conflicts:
+                raise psycopg.Rollback()  # leaves the `transaction()` block, rolled back
+            for stream_id, n in unsequenced.items():
+                await cur.execute(
+                    "UPDATE flowscope_checkpoint SET recorded = recorded + %s, "
+                    "updated_at = now() WHERE stream_id = %s",
+                    (n, stream_id),
+                )
+            async with cur.copy(COPY_SQL) as copy:
+                copy.set_types(COPY_TYPES)
+                for i in batch:
+                    if isinstance(i, EventRecord):
+                        await copy.write_row(
+                            (i.stream_id, i.seq, i.ts, i.subject, i.size,
+                             Jsonb(i.headers) if i.headers else None, i.msg_id,
+                             i.trace_id, i.span_id, i.service, i.payload, i.truncated)
+                        )  # fmt: skip
+            gaps = [i for i in batch if isinstance(i, Gap)]
+            if gaps:
+                await cur.executemany(
+                    "INSERT INTO flowscope_gap (stream_id, first_seq, last_seq, reason, "
+                    "detected_at) VALUES (%s, %s, %s, %s, now()) ON CONFLICT DO NOTHING",
+                    [(g.stream_id, g.first_seq, g.last_seq, g.reason) for g in gaps],
+                )
+        return conflicts
+
+
+def summarize(batch: list[Item]) -> Committed:
+    events = [i for i in batch if isinstance(i, EventRecord)]
+    gaps = [i for i in batch if isinstance(i, Gap)]
+    last: dict[int, int] = defaultdict(int)
+    counts: Counter[int] = Counter()
+    for i in batch:
+        r = item_seq_range(i)
+        if r is not None:
+            last[i.stream_id] = max(last[i.stream_id], r[1])
+        if isinstance(i, EventRecord):
+            counts[i.stream_id] += 1
+    return Committed(events=events, gaps=gaps, last_seq=dict(last), counts=counts)
