@@ -81,6 +81,7 @@ class Observer:
         self.settings = settings
         self.task: asyncio.Task[None] | None = None
         self.received = 0
+        self.ready = asyncio.Event()  # set once the observer receives what the stream gets
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run_forever(), name=f"observer:{self.stream}")
@@ -204,6 +205,7 @@ class ConsumerObserver(Observer):
         self.sub = await self.nc.subscribe(
             inbox, cb=self._on_msg, pending_msgs_limit=0, pending_bytes_limit=0
         )
+        self.ready.set()
         self.last_activity = time.monotonic()
         s = self.settings
         while True:
@@ -296,6 +298,8 @@ class SubjectObserver(Observer):
     async def _run(self) -> None:
         for subject in self.subjects:
             self.subs.append(await self.nc.subscribe(subject, cb=self._on_msg))
+        await self.nc.flush()  # the server has the subscriptions: from now on nothing is missed
+        self.ready.set()
         await asyncio.Event().wait()  # until cancelled
 
     async def _cleanup(self) -> None:
@@ -322,6 +326,8 @@ class RepublishObserver(Observer):
 
     async def _run(self) -> None:
         self.sub = await self.nc.subscribe(republish_pattern(self.dest), cb=self._on_msg)
+        await self.nc.flush()
+        self.ready.set()
         await asyncio.Event().wait()
 
     async def _cleanup(self) -> None:

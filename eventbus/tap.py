@@ -84,18 +84,20 @@ class Tap:
         self.observers: dict[str, Observer] = {}  # by stream name
         self.incarnations: dict[str, tuple[int, str]] = {}  # name -> (stream_id, mode)
         self.db: psycopg.AsyncConnection[object] | None = None
+        self.db_lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.db_ok = True
 
     async def _db(self) -> psycopg.AsyncConnection[object]:
-        if self.db is None or self.db.closed:
-            self.db = await psycopg.AsyncConnection.connect(
-                self.config.database_url,
-                autocommit=True,
-                application_name="flowscope-tap",
-                connect_timeout=5,
-            )
-        return self.db
+        async with self.db_lock:  # several loops share it: connect once
+            if self.db is None or self.db.closed:
+                self.db = await psycopg.AsyncConnection.connect(
+                    self.config.database_url,
+                    autocommit=True,
+                    application_name="flowscope-tap",
+                    connect_timeout=5,
+                )
+            return self.db
 
     async def connect_nats(self) -> Client:
         async def disconnected() -> None:

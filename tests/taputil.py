@@ -1,0 +1,122 @@
+"""Helpers for tap tests: run a tap in-process or as a real process, poll the database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from eventbus.observers import ObserverSettings
+from eventbus.tap import Tap, TapConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def config(nats_url: str, database_url: str, **overrides: Any) -> TapConfig:
+    base: dict[str, Any] = {
+        "nats_url": nats_url,
+        "database_url": database_url,
+        "lag_interval": 0.5,
+        "rebalance_interval": 0.3,
+        "observer": ObserverSettings(inactive_threshold=5.0),
+    }
+    base.update(overrides)
+    return TapConfig(**base)
+
+
+@asynccontextmanager
+async def tap_running(nats_url: str, database_url: str, **overrides: Any) -> AsyncIterator[Tap]:
+    stop = asyncio.Event()
+    tap = Tap(config(nats_url, database_url, **overrides), stop)
+    task = asyncio.create_task(tap.run())
+    try:
+        yield tap
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        left = await query(
+            database_url,
+            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND application_name LIKE 'flowscope%%'",
+        )
+        assert not left, f"the tap left connections open: {left}"
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float = 30, what: str = "condition"
+) -> Any:
+    """Poll `check` until it returns something truthy; fail with its last value otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what} not reached in {timeout}s (last: {last!r})")
+
+
+async def query(database_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        cur = await conn.execute(sql, params)
+        return await cur.fetchall()
+
+
+async def stream_events(database_url: str, stream: str) -> list[tuple[Any, ...]]:
+    """(seq, subject, size, payload, truncated, msg_id, trace_id, span_id, service, headers)
+    of the live incarnation of `stream`, in sequence order."""
+    return await query(
+        database_url,
+        "SELECT e.seq, e.subject, e.size, e.payload, e.truncated, e.msg_id, e.trace_id, "
+        "e.span_id, e.service, e.headers FROM flowscope_event e JOIN flowscope_stream s "
+        "ON s.id = e.stream_id WHERE s.name = %s AND s.deleted_at IS NULL ORDER BY e.seq, e.id",
+        stream,
+    )
+
+
+async def recorded_seqs(database_url: str, stream: str) -> list[int]:
+    rows = await query(
+        database_url,
+        "SELECT e.seq FROM flowscope_event e JOIN flowscope_stream s ON s.id = e.stream_id "
+        "WHERE s.name = %s AND s.deleted_at IS NULL ORDER BY e.seq",
+        stream,
+    )
+    return [r[0] for r in rows]
+
+
+async def gaps(database_url: str, stream: str) -> list[tuple[int, int]]:
+    rows = await query(
+        database_url,
+        "SELECT g.first_seq, g.last_seq FROM flowscope_gap g JOIN flowscope_stream s "
+        "ON s.id = g.stream_id WHERE s.name = %s AND s.deleted_at IS NULL ORDER BY g.first_seq",
+        stream,
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+async def checkpoint(database_url: str, stream: str) -> int:
+    rows = await query(
+        database_url,
+        "SELECT c.last_seq FROM flowscope_checkpoint c JOIN flowscope_stream s "
+        "ON s.id = c.stream_id WHERE s.name = %s AND s.deleted_at IS NULL",
+        stream,
+    )
+    return rows[0][0] if rows else -1
+
+
+def tap_process(nats_url: str, database_url: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """`python manage.py tap` as a real process (so it can be killed with SIGKILL)."""
+    env = dict(os.environ, NATS_URL=nats_url, DATABASE_URL=database_url,
+               FLOWSCOPE_LAG_INTERVAL="1")  # fmt: skip
+    log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "tap"], cwd=ROOT, env=env, stdout=log, stderr=log
+    )
