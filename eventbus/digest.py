@@ -59,7 +59,11 @@ def events_digest(committed: Committed, names: dict[int, str]) -> bytes:
 
 
 def lag_digest(sample: Any) -> bytes:
-    body = dataclasses.asdict(sample) if dataclasses.is_dataclass(sample) else sample
+    body = (
+        dataclasses.asdict(sample)
+        if dataclasses.is_dataclass(sample) and not isinstance(sample, type)
+        else sample
+    )
     if isinstance(body, dict):
         body = {"kind": "lag", **body}
     return json.dumps(body, separators=(",", ":"), default=str).encode()

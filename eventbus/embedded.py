@@ -27,6 +27,8 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
     """Return `preferred` if nothing listens there, else a port the kernel hands out."""
     if preferred:
         with socket.socket() as s:
+            # SO_REUSEADDR as servers set it: a port with only TIME_WAIT leftovers is free.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, preferred))
                 return preferred
@@ -75,7 +77,7 @@ class EmbeddedNats:
     def start(self) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         # Keep the port across restarts so clients reconnect to the same address.
-        self.port = free_port(self.port or self.preferred_port)
+        self.port = self.port or free_port(self.preferred_port)
         cmd = [
             nats_server_binary(),
             "-js",
@@ -167,7 +169,7 @@ class EmbeddedPostgres:
         pidfile = self.data_dir / "postmaster.pid"
         if pidfile.exists():  # a previous run was killed: postgres itself checks the pid is dead
             log.info("found a stale postmaster.pid in %s", self.data_dir)
-        self.port = free_port(self.port or self.preferred_port)
+        self.port = self.port or free_port(self.preferred_port)  # same port on a restart
         cmd = [
             _pg_bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
             "-h", "127.0.0.1", "-k", str(self.data_dir),

@@ -17,8 +17,10 @@ import os
 import socket
 import zlib
 from collections.abc import Iterable
+from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 log = logging.getLogger("flowscope.lease")
 LOCK_CLASS = 0x0F10  # first key of the two-int advisory lock: "Flowscope stream"
@@ -38,10 +40,10 @@ class Lease:
     def __init__(self, database_url: str, tap_id: str):
         self.database_url = database_url
         self.tap_id = tap_id
-        self.conn: psycopg.AsyncConnection[object] | None = None
+        self.conn: psycopg.AsyncConnection[Any] | None = None
         self.owned: set[str] = set()
 
-    async def _connect(self) -> psycopg.AsyncConnection[object]:
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None or self.conn.closed:
             self.owned.clear()  # a new session holds no locks
             self.conn = await psycopg.AsyncConnection.connect(
@@ -85,7 +87,7 @@ class Lease:
                 await self._unlock(conn, max(self.owned))
             await conn.execute(
                 "UPDATE flowscope_tap SET heartbeat_at = now(), streams = %s WHERE id = %s",
-                (psycopg.types.json.Jsonb(sorted(self.owned)), self.tap_id),
+                (Jsonb(sorted(self.owned)), self.tap_id),
             )
         except (psycopg.OperationalError, psycopg.InterfaceError):
             self.owned.clear()
@@ -95,7 +97,7 @@ class Lease:
             raise
         return set(self.owned)
 
-    async def _unlock(self, conn: psycopg.AsyncConnection[object], name: str) -> None:
+    async def _unlock(self, conn: psycopg.AsyncConnection[Any], name: str) -> None:
         await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_CLASS, stream_key(name)))
         self.owned.discard(name)
 

@@ -89,8 +89,11 @@ class Observer:
     async def stop(self) -> None:
         if self.task:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+            # asyncio.wait, not `await task`: a cancellation of the *caller* must still
+            # propagate (suppressing CancelledError here once let a stopping tap go on).
+            await asyncio.wait([self.task])
+            if not self.task.cancelled():
+                self.task.exception()  # retrieved: it was logged where it happened
         await self._cleanup()
 
     async def _cleanup(self) -> None:

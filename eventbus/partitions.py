@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -35,7 +36,7 @@ class Partitions:
     def __init__(self) -> None:
         self.known: set[date] = set()
 
-    async def ensure(self, conn: psycopg.AsyncConnection[object], days: Iterable[date]) -> None:
+    async def ensure(self, conn: psycopg.AsyncConnection[Any], days: Iterable[date]) -> None:
         missing = sorted(set(days) - self.known)
         if not missing:
             return
@@ -57,7 +58,7 @@ class Partitions:
         self.known.update(missing)
 
     async def drop_expired(
-        self, conn: psycopg.AsyncConnection[object], retention: timedelta, now: datetime
+        self, conn: psycopg.AsyncConnection[Any], retention: timedelta, now: datetime
     ) -> list[str]:
         """Drop every partition whose whole day is older than `retention`. Returns their names."""
         cutoff = now - retention

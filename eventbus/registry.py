@@ -67,7 +67,7 @@ async def list_streams(nc: Client) -> list[StreamDesc]:
             return found
 
 
-async def upsert_stream(conn: psycopg.AsyncConnection[object], s: StreamDesc) -> tuple[int, int]:
+async def upsert_stream(conn: psycopg.AsyncConnection[Any], s: StreamDesc) -> tuple[int, int]:
     """The row of this incarnation (created if new) and its checkpoint: (stream_id, last_seq)."""
     mode, note = choose_observer(s.config)
     state = s.state
@@ -108,7 +108,7 @@ async def upsert_stream(conn: psycopg.AsyncConnection[object], s: StreamDesc) ->
     return stream_id, int(cp[0]) if cp else 0  # type: ignore[call-overload]
 
 
-async def checkpoint(conn: psycopg.AsyncConnection[object], stream_id: int) -> int:
+async def checkpoint(conn: psycopg.AsyncConnection[Any], stream_id: int) -> int:
     cur = await conn.execute(
         "SELECT last_seq FROM flowscope_checkpoint WHERE stream_id = %s", (stream_id,)
     )
@@ -116,7 +116,7 @@ async def checkpoint(conn: psycopg.AsyncConnection[object], stream_id: int) -> i
     return int(row[0]) if row else 0  # type: ignore[call-overload]
 
 
-async def mark_deleted(conn: psycopg.AsyncConnection[object], live: set[str]) -> list[str]:
+async def mark_deleted(conn: psycopg.AsyncConnection[Any], live: set[str]) -> list[str]:
     """Streams recorded as live that the server no longer has: mark them deleted."""
     cur = await conn.execute(
         "UPDATE flowscope_stream SET deleted_at = now() WHERE deleted_at IS NULL "

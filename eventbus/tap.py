@@ -83,12 +83,12 @@ class Tap:
         self.lease = Lease(config.database_url, self.id)
         self.observers: dict[str, Observer] = {}  # by stream name
         self.incarnations: dict[str, tuple[int, str]] = {}  # name -> (stream_id, mode)
-        self.db: psycopg.AsyncConnection[object] | None = None
+        self.db: psycopg.AsyncConnection[Any] | None = None
         self.db_lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.db_ok = True
 
-    async def _db(self) -> psycopg.AsyncConnection[object]:
+    async def _db(self) -> psycopg.AsyncConnection[Any]:
         async with self.db_lock:  # several loops share it: connect once
             if self.db is None or self.db.closed:
                 self.db = await psycopg.AsyncConnection.connect(
@@ -149,14 +149,13 @@ class Tap:
         log.info("tap %s stopping: flushing what it holds", self.id)
         for t in tasks[1:]:
             t.cancel()
+        # Let the loops finish first, so none of them starts an observer after this point.
+        await asyncio.gather(*tasks[1:], return_exceptions=True)
         for name in list(self.observers):
             await self._stop_observer(name)
         with contextlib.suppress(Exception):
             await advisories.unsubscribe()
         await tasks[0]  # the writer drains its buffer, then returns
-        for t in tasks[1:]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
         await self.lease.close()
         if self.db is not None:
             await self.db.close()
@@ -204,12 +203,14 @@ class Tap:
         for name in sorted(owned):
             await self._ensure_observer(db, streams[name])
 
-    async def _ensure_observer(self, db: psycopg.AsyncConnection[object], s: StreamDesc) -> None:
+    async def _ensure_observer(self, db: psycopg.AsyncConnection[Any], s: StreamDesc) -> None:
         stream_id, last_seq = await upsert_stream(db, s)
         mode, _ = choose_observer(s.config)
         if self.incarnations.get(s.name) == (stream_id, mode) and s.name in self.observers:
             return
         await self._stop_observer(s.name)
+        if self.stop.is_set():
+            return
         assert self.nc is not None
         args = (self.nc, self.writer, s.name, stream_id, last_seq + 1, self.config.observer)
         observer: Observer
@@ -258,7 +259,7 @@ class Tap:
                 log.warning("retention: %s (will retry)", exc)
             await asyncio.sleep(3600)
 
-    async def _downsample(self, db: psycopg.AsyncConnection[object]) -> None:
+    async def _downsample(self, db: psycopg.AsyncConnection[Any]) -> None:
         from eventbus import lag
 
         with contextlib.suppress(AttributeError):

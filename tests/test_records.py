@@ -19,7 +19,11 @@ def test_ack_subject_plain_form():
     meta = parse_ack_subject("$JS.ACK.ORDERS.tap.1.42.7.1764000000123456789.3")
     assert meta is not None
     assert (meta.stream, meta.consumer, meta.stream_seq, meta.consumer_seq, meta.pending) == (
-        "ORDERS", "tap", 42, 7, 3,
+        "ORDERS",
+        "tap",
+        42,
+        7,
+        3,
     )
     assert meta.timestamp_ns == 1764000000123456789
 
@@ -60,8 +64,12 @@ def test_record_keeps_a_bounded_byte_exact_preview():
 
 
 def test_record_reads_headers_case_insensitively_and_strips_nul():
-    headers = {"TRACEPARENT": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-               "nats-msg-id": "order-1", "flowscope-service": "orders", "X-Odd": "a\x00b"}  # fmt: skip
+    headers = {
+        "TRACEPARENT": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "nats-msg-id": "order-1",
+        "flowscope-service": "orders",
+        "X-Odd": "a\x00b",
+    }
     rec = build_record(stream_id=1, seq=1, ts=TS, subject="s\x00", data=b"", headers=headers,
                        preview_bytes=10, service_header="Flowscope-Service")  # fmt: skip
     assert rec.trace_id == "0af7651916cd43dd8448eb211c80319c" and rec.span_id == "b7ad6b7169203331"

@@ -47,9 +47,18 @@ async def test_it_records_every_field_byte_exact(nats_server, database_url, uniq
             lambda: _with_len(stream_events(database_url, stream), 4), what="4 events"
         )
     await nc.close()
-    for i, (seq, subject, size, payload, truncated, msg_id, trace, span, service, headers) in (
-        enumerate(rows)
-    ):
+    for i, (
+        seq,
+        subject,
+        size,
+        payload,
+        truncated,
+        msg_id,
+        trace,
+        span,
+        service,
+        headers,
+    ) in enumerate(rows):
         assert seq == i + 1 and subject == f"rec.{unique}.{i}"
         assert size == len(payloads[i])
         assert bytes(payload) == payloads[i][: 64 * 1024]
@@ -171,7 +180,9 @@ async def test_it_discovers_streams_created_updated_and_deleted_while_running(
         await js.publish(f"disc.{unique}.a", b"one")
         await eventually(lambda: _with_len(recorded_seqs(database_url, name), 1))
         first_id = (await live_row())[0][0]
-        await js.update_stream(StreamConfig(name=name, subjects=[f"disc.{unique}.a", f"disc.{unique}.b"]))
+        await js.update_stream(
+            StreamConfig(name=name, subjects=[f"disc.{unique}.a", f"disc.{unique}.b"])
+        )
         await eventually(
             lambda: _subjects_are(live_row(), [f"disc.{unique}.a", f"disc.{unique}.b"]),
             what="updated subjects",
@@ -208,6 +219,7 @@ async def test_it_announces_each_committed_batch(nats_server, database_url, uniq
     stream = f"DIG_{unique}"
     await js.add_stream(name=stream, subjects=[f"dig.{unique}.>"])
     digests = []
+
     async def collect(msg):
         digests.append(json.loads(msg.data))
 
