@@ -372,7 +372,8 @@ def choose_observer(
             "subjects instead. It sees every message as it is published, but without the stream "
             "sequence or stored time (receipt time is shown), it misses what was published while "
             "it was down, and it cannot tell a message the stream rejected (e.g. a duplicate "
-            "Nats-Msg-Id) from one it stored. An admin can turn on RePublish for full fidelity."
+            "Nats-Msg-Id) from one it stored. An admin can turn on RePublish for full fidelity "
+            "(`python manage.py republish STREAM`)."
         )
     if retention == "interest":
         return "consumer", (

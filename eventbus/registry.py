@@ -116,6 +116,17 @@ async def checkpoint(conn: psycopg.AsyncConnection[Any], stream_id: int) -> int:
     return int(row[0]) if row else 0  # type: ignore[call-overload]
 
 
+async def advance_checkpoint(conn: psycopg.AsyncConnection[Any], stream_id: int, seq: int) -> int:
+    """Move the checkpoint forward to `seq` (never back); returns the checkpoint now."""
+    cur = await conn.execute(
+        "UPDATE flowscope_checkpoint SET last_seq = GREATEST(last_seq, %s) WHERE stream_id = %s "
+        "RETURNING last_seq",
+        (seq, stream_id),
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else seq
+
+
 async def mark_deleted(conn: psycopg.AsyncConnection[Any], live: set[str]) -> list[str]:
     """Streams recorded as live that the server no longer has: mark them deleted."""
     cur = await conn.execute(

@@ -32,7 +32,14 @@ from eventbus.observers import (
     choose_observer,
 )
 from eventbus.partitions import Partitions, parse_retention
-from eventbus.registry import StreamDesc, checkpoint, list_streams, mark_deleted, upsert_stream
+from eventbus.registry import (
+    StreamDesc,
+    advance_checkpoint,
+    checkpoint,
+    list_streams,
+    mark_deleted,
+    upsert_stream,
+)
 from eventbus.writer import Committed, Writer
 
 log = logging.getLogger("flowscope.tap")
@@ -208,9 +215,14 @@ class Tap:
         mode, _ = choose_observer(s.config)
         if self.incarnations.get(s.name) == (stream_id, mode) and s.name in self.observers:
             return
+        previous = self.incarnations.get(s.name)
         await self._stop_observer(s.name)
         if self.stop.is_set():
             return
+        if mode != "subject" and previous == (stream_id, "subject"):
+            # What the stream stored so far, the subject observer saw (without sequences):
+            # sequenced observation starts after it, not with a false gap from seq 1.
+            last_seq = await advance_checkpoint(db, stream_id, int(s.state.get("last_seq", 0)))
         assert self.nc is not None
         args = (self.nc, self.writer, s.name, stream_id, last_seq + 1, self.config.observer)
         observer: Observer

@@ -1,0 +1,101 @@
+"""What the tap recorded, as a user sees it: how each stream is observed, what that misses, and
+the gaps. Real tap process, nats-server, PostgreSQL, Daphne and chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+
+import nats
+import pytest
+from nats.js.api import RetentionPolicy, StreamConfig
+
+from tests.taputil import tap_process
+
+pytestmark = pytest.mark.browser
+
+
+async def _make_streams(url: str, unique: str) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    # A limits stream that keeps only 10: the first 20 of 30 are gone before the tap starts.
+    await js.add_stream(StreamConfig(name=f"LIM_{unique}", subjects=[f"lim.{unique}"], max_msgs=10))
+    for i in range(30):
+        await js.publish(f"lim.{unique}", f"<b>event {i}</b>".encode())
+    await js.add_stream(
+        name=f"WQ_{unique}", subjects=[f"wq.{unique}"], retention=RetentionPolicy.WORK_QUEUE
+    )
+    await nc.close()
+
+
+def in_thread(coro) -> None:
+    """Run a coroutine to completion outside Playwright's own event loop."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+
+
+def _log_in(page, web: str, alice: tuple[str, str]) -> None:
+    page.goto(web + "/login/")
+    page.fill("#id_username", alice[0])
+    page.fill("#id_password", alice[1])
+    page.click("button[type=submit]")
+    page.wait_for_url(web + "/")
+
+
+def _wait_for_text(page, url: str, selector: str, text: str, timeout: float = 30) -> None:
+    """Reload `url` until `selector` contains `text` (the tap writes in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page.goto(url)
+        loc = page.locator(selector)
+        if loc.count() and text in loc.first.inner_text():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{selector} never showed {text!r}")
+        time.sleep(0.5)
+
+
+def test_stream_pages_say_how_each_stream_is_observed_and_show_gaps(
+    web, page, alice, nats_server, database_url, unique, tmp_path
+):
+    in_thread(_make_streams(nats_server.url, unique))
+    tap = tap_process(nats_server.url, database_url, tmp_path / "tap.log")
+    try:
+        _log_in(page, web, alice)
+        _wait_for_text(page, web + "/", "#streams", f"WQ_{unique}")
+        rows = {
+            r.locator("td").first.inner_text(): r.locator("td").all_inner_texts()
+            for r in page.locator("#streams tbody tr").all()
+        }
+        lim, wq = rows[f"LIM_{unique}"], rows[f"WQ_{unique}"]
+        assert lim[1:3] == ["limits", "ephemeral ack-none consumer"]
+        assert wq[1:3] == ["workqueue", "subject subscription"]
+
+        _wait_for_text(page, f"{web}/streams/LIM_{unique}/", "#gaps", "20")
+        gap = page.locator("#gaps tbody tr").first.locator("td").all_inner_texts()
+        assert gap[:3] == ["1", "20", "20"]
+        events = page.locator("#events tbody tr")
+        assert events.count() == 10
+        # payloads and subjects from the wire are text, never markup
+        assert page.locator("#events b").count() == 0
+
+        page.goto(f"{web}/streams/WQ_{unique}/")
+        note = page.locator("#observation").inner_text()
+        assert "subject subscription" in note
+        assert "admit no second consumer" in note and "misses what was published" in note
+    finally:
+        tap.send_signal(signal.SIGTERM)
+        tap.wait(30)
