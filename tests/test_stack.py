@@ -1,0 +1,163 @@
+"""`make run`'s supervisor as a user meets it: it starts everything, serves the login page,
+Ctrl-C leaves no process behind, and a second start finds what the first one recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nats
+import psycopg
+import pytest
+
+from eventbus.embedded import free_port
+from tests.taputil import ROOT
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead too
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "\nState:\tZ" not in status.read_text()
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.status, resp.read().decode()
+
+
+class Run:
+    """`python -m eventbus.stack` (what `make run` runs) in its own process group, as a
+    terminal runs it, with its state in a temporary folder."""
+
+    def __init__(self, state: Path, port: int):
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+        env.update(
+            FLOWSCOPE_STATE_DIR=str(state),
+            PORT=str(port),
+            FLOWSCOPE_DEMO="0",
+            FLOWSCOPE_NATS_PORT=str(free_port()),
+            FLOWSCOPE_PG_PORT=str(free_port()),
+            FLOWSCOPE_ADMIN_PASSWORD="first-run-password",
+        )
+        self.log = state.parent / f"stack-{time.monotonic_ns()}.log"
+        self.port = port
+        self.state = state
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eventbus.stack"],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.text()[-3000:]
+            try:
+                if _get(f"http://127.0.0.1:{self.port}/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError("not ready: " + self.text()[-3000:])
+
+    def pids(self) -> dict[str, int]:
+        """Every process it started: children from its log, the servers from pid file and /proc."""
+        found = {
+            name: int(pid) for name, pid in re.findall(r"started (\w+) \(pid (\d+)\)", self.text())
+        }
+        pg = self.state / "postgres" / "postmaster.pid"
+        if pg.exists():
+            found["postgres"] = int(pg.read_text().split()[0])
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"nats-server" in cmdline and str(self.state).encode() in cmdline:
+                found["nats-server"] = int(proc.name)
+        return found
+
+    def ctrl_c(self) -> int:
+        os.killpg(self.proc.pid, signal.SIGINT)  # what the terminal sends to the foreground group
+        return self.proc.wait(60)
+
+    def urls(self) -> tuple[str, str]:
+        run = self.state / "run"
+        return (run / "nats.url").read_text(), (run / "postgres.url").read_text()
+
+
+async def _publish_one(nats_url: str, stream: str) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await js.add_stream(name=stream, subjects=["stack.check"])
+    await js.publish("stack.check", b"recorded by the first run")
+    await nc.close()
+
+
+def _recorded(database_url: str, stream: str) -> list[tuple[int, bytes]]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT e.seq, e.payload FROM flowscope_event e JOIN flowscope_stream s "
+            "ON s.id = e.stream_id WHERE s.name = %s ORDER BY e.seq",
+            (stream,),
+        ).fetchall()
+    return [(seq, bytes(p)) for seq, p in rows]
+
+
+def _wait_recorded(database_url: str, stream: str, timeout: float = 30) -> list[tuple[int, bytes]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = _recorded(database_url, stream)
+        if rows:
+            return rows
+        time.sleep(0.3)
+    raise AssertionError("the tap recorded nothing")
+
+
+@pytest.mark.slow
+def test_run_serves_login_stops_cleanly_on_ctrl_c_and_keeps_its_state(tmp_path):
+    state = tmp_path / "state"
+    port = free_port()
+    first = Run(state, port)
+    try:
+        first.wait_ready()
+        status, body = _get(f"http://127.0.0.1:{port}/login/")
+        assert status == 200 and 'name="password"' in body
+        assert "Created user 'admin'" in first.text()
+        assert "first-run-password" not in first.text()  # taken from the env, not printed
+        nats_url, database_url = first.urls()
+        asyncio.run(_publish_one(nats_url, "STACKCHECK"))
+        assert _wait_recorded(database_url, "STACKCHECK") == [(1, b"recorded by the first run")]
+        pids = first.pids()
+        assert set(pids) >= {"tap", "web", "postgres", "nats-server"}, pids
+    finally:
+        code = first.ctrl_c()
+    assert code == 0, first.text()[-3000:]
+    assert not [name for name, pid in pids.items() if _alive(pid)], first.text()[-2000:]
+    assert not (state / "run" / "nats.url").exists()
+
+    second = Run(state, port)
+    try:
+        second.wait_ready()
+        _, database_url2 = second.urls()
+        assert _recorded(database_url2, "STACKCHECK") == [(1, b"recorded by the first run")]
+        assert "Created user 'admin'" not in second.text()  # made once, on the first start
+    finally:
+        assert second.ctrl_c() == 0
