@@ -112,3 +112,9 @@ def alice(transactional_db: None) -> tuple[str, str]:
     user = User.objects.create_superuser("alice", password="alice-password-1")
     user.groups.add(Group.objects.get_or_create(name="admin")[0])
     return "alice", "alice-password-1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests last: Playwright's sync API keeps an event loop running in this thread for
+    the session's browser, and asyncio tests cannot start their own loop after it."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
