@@ -82,9 +82,7 @@ async def test_republish_command_switches_a_work_queue_stream_to_sequenced_obser
     assert jobs == [f"job {i}".encode() for i in range(15)]  # the worker still got every job
 
 
-async def test_republish_command_refuses_to_replace_someone_elses_republish(
-    nats_server, unique
-):
+async def test_republish_command_refuses_to_replace_someone_elses_republish(nats_server, unique):
     nc = await nats.connect(nats_server.url)
     stream = f"THEIRS_{unique}"
     config = {"name": stream, "subjects": [f"theirs.{unique}"], "storage": "file",

@@ -81,7 +81,7 @@ async def _observer_ready(tap, stream):
 async def _consume_all(js, stream, durable, n):
     """An application consumer: fetch and ack until it has `n` messages. Returns their seqs."""
     sub = await js.pull_subscribe_bind(durable, stream)
-    seqs = []
+    seqs: list[int] = []
     while len(seqs) < n:
         try:
             msgs = await sub.fetch(min(100, n - len(seqs)), timeout=2)
@@ -237,7 +237,7 @@ async def test_it_announces_each_committed_batch(nats_server, database_url, uniq
     mine = [d for d in digests if stream in d["streams"]]
     assert sum(d["streams"][stream]["count"] for d in mine) == 50
     assert max(d["streams"][stream]["last_seq"] for d in mine) == 50
-    subjects = {}
+    subjects: dict[str, int] = {}
     for d in mine:
         for s, c in d["subjects"].items():
             subjects[s] = subjects.get(s, 0) + c
