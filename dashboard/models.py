@@ -21,7 +21,34 @@ class ObservedBy(models.TextChoices):
     NONE = "none", "not observed"
 
 
-class Stream(models.Model):
+class StreamState(models.Model):
+    """A stream's state as the server reports it (STREAM.INFO), sampled by the lag sampler."""
+
+    messages = models.BigIntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+    first_seq = models.BigIntegerField(default=0)
+    last_seq = models.BigIntegerField(default=0)
+    consumer_count = models.IntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class ConsumerCounters(models.Model):
+    """A consumer's progress as the server reports it (CONSUMER.INFO)."""
+
+    num_pending = models.BigIntegerField(default=0)
+    num_ack_pending = models.BigIntegerField(default=0)
+    num_redelivered = models.BigIntegerField(default=0)
+    num_waiting = models.BigIntegerField(default=0)
+    delivered_stream_seq = models.BigIntegerField(default=0)
+    ack_floor_stream_seq = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class Stream(StreamState):
     """One incarnation of a JetStream stream: deleted and created again, it is a new row,
     because its sequence numbers start again at 1."""
 
@@ -35,12 +62,6 @@ class Stream(models.Model):
     discovered_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
-    # Latest state, refreshed by the lag sampler; the history is in StreamSample.
-    messages = models.BigIntegerField(default=0)
-    bytes = models.BigIntegerField(default=0)
-    first_seq = models.BigIntegerField(default=0)
-    last_seq = models.BigIntegerField(default=0)
-    consumer_count = models.IntegerField(default=0)
 
     class Meta:
         db_table = "flowscope_stream"
@@ -109,7 +130,7 @@ class Gap(models.Model):
         return self.last_seq - self.first_seq + 1
 
 
-class Consumer(models.Model):
+class Consumer(ConsumerCounters):
     """An application's consumer, as last seen; the lag history is in ConsumerSample."""
 
     stream = models.ForeignKey(Stream, on_delete=models.CASCADE, related_name="consumers")
@@ -118,12 +139,6 @@ class Consumer(models.Model):
     created = models.DateTimeField(null=True)
     last_seen = models.DateTimeField()
     deleted_at = models.DateTimeField(null=True, blank=True)
-    num_pending = models.BigIntegerField(default=0)
-    num_ack_pending = models.BigIntegerField(default=0)
-    num_redelivered = models.BigIntegerField(default=0)
-    num_waiting = models.BigIntegerField(default=0)
-    delivered_stream_seq = models.BigIntegerField(default=0)
-    ack_floor_stream_seq = models.BigIntegerField(default=0)
 
     class Meta:
         db_table = "flowscope_consumer"
@@ -136,16 +151,10 @@ class Consumer(models.Model):
         return self.num_pending + self.num_ack_pending
 
 
-class ConsumerSample(models.Model):
+class ConsumerSample(ConsumerCounters):
     ts = models.DateTimeField(db_index=True)
     stream = models.ForeignKey(Stream, on_delete=models.CASCADE)
     consumer = models.CharField(max_length=255)
-    num_pending = models.BigIntegerField()
-    num_ack_pending = models.BigIntegerField()
-    num_redelivered = models.BigIntegerField()
-    num_waiting = models.BigIntegerField()
-    delivered_stream_seq = models.BigIntegerField()
-    ack_floor_stream_seq = models.BigIntegerField()
     downsampled = models.BooleanField(default=False)
 
     class Meta:
@@ -153,14 +162,9 @@ class ConsumerSample(models.Model):
         indexes = [models.Index(fields=["stream", "consumer", "ts"], name="consumer_sample_series")]
 
 
-class StreamSample(models.Model):
+class StreamSample(StreamState):
     ts = models.DateTimeField(db_index=True)
     stream = models.ForeignKey(Stream, on_delete=models.CASCADE)
-    messages = models.BigIntegerField()
-    bytes = models.BigIntegerField()
-    first_seq = models.BigIntegerField()
-    last_seq = models.BigIntegerField()
-    consumer_count = models.IntegerField()
     downsampled = models.BooleanField(default=False)
 
     class Meta:

@@ -50,6 +50,18 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+    """Send `sig` and wait; SIGKILL what does not exit within `timeout` seconds."""
+    if not proc or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def nats_server_binary() -> str:
     beside_python = Path(sys.executable).parent / "nats-server"
     if beside_python.exists():
@@ -93,14 +105,7 @@ class EmbeddedNats:
         return self
 
     def stop(self, kill: bool = False) -> None:
-        if not self.proc or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, signal.SIGKILL if kill else signal.SIGTERM, 15)
 
     def restart(self) -> None:
         self.stop()
@@ -211,15 +216,8 @@ class EmbeddedPostgres:
                 conn.execute(f'CREATE DATABASE "{self.database}"')
 
     def stop(self, kill: bool = False) -> None:
-        if not self.proc or self.proc.poll() is not None:
-            return
         # SIGINT is postgres' "fast shutdown": roll back open transactions, checkpoint, exit.
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, signal.SIGKILL if kill else signal.SIGINT, 30)
 
 
 def main() -> None:

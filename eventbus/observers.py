@@ -29,6 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from eventbus.aio import wait_event
 from eventbus.records import (
     REPUBLISH_SEQUENCE,
     REPUBLISH_TIMESTAMP,
@@ -82,11 +83,14 @@ class Observer:
         self.task: asyncio.Task[None] | None = None
         self.received = 0
         self.ready = asyncio.Event()  # set once the observer receives what the stream gets
+        self.halt = asyncio.Event()  # besides cancel(): nats-py's requests can lose a cancel
 
     def start(self) -> None:
+        self.halt.clear()
         self.task = asyncio.create_task(self._run_forever(), name=f"observer:{self.stream}")
 
     async def stop(self) -> None:
+        self.halt.set()
         if self.task:
             self.task.cancel()
             # asyncio.wait, not `await task`: a cancellation of the *caller* must still
@@ -107,7 +111,7 @@ class Observer:
 
     async def _run_forever(self) -> None:
         delay = 0.5
-        while True:
+        while not self.halt.is_set():
             try:
                 await self._run()
                 return
@@ -211,7 +215,7 @@ class ConsumerObserver(Observer):
         self.ready.set()
         self.last_activity = time.monotonic()
         s = self.settings
-        while True:
+        while not self.halt.is_set():
             if self.failed:
                 raise RuntimeError(self.failed)
             now = time.monotonic()
@@ -239,8 +243,7 @@ class ConsumerObserver(Observer):
                 )
                 continue
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=0.5)
+            await wait_event(self.wake, 0.5)
 
     def _request_done(self, count: int) -> None:
         """`count` messages of the oldest request arrived (the server serves them in order)."""
@@ -303,7 +306,7 @@ class SubjectObserver(Observer):
             self.subs.append(await self.nc.subscribe(subject, cb=self._on_msg))
         await self.nc.flush()  # the server has the subscriptions: from now on nothing is missed
         self.ready.set()
-        await asyncio.Event().wait()  # until cancelled
+        await self.halt.wait()  # until stopped
 
     async def _cleanup(self) -> None:
         for sub in self.subs:
@@ -331,7 +334,7 @@ class RepublishObserver(Observer):
         self.sub = await self.nc.subscribe(republish_pattern(self.dest), cb=self._on_msg)
         await self.nc.flush()
         self.ready.set()
-        await asyncio.Event().wait()
+        await self.halt.wait()  # until stopped
 
     async def _cleanup(self) -> None:
         if self.sub is not None:

@@ -22,6 +22,7 @@ import psycopg
 from nats.aio.client import Client
 
 from eventbus import digest
+from eventbus.aio import wait_event
 from eventbus.lease import Lease
 from eventbus.observers import (
     ConsumerObserver,
@@ -157,7 +158,11 @@ class Tap:
         for t in tasks[1:]:
             t.cancel()
         # Let the loops finish first, so none of them starts an observer after this point.
-        await asyncio.gather(*tasks[1:], return_exceptions=True)
+        _, pending = await asyncio.wait(tasks[1:], timeout=10)
+        for t in pending:  # a loop ignoring cancellation is a bug: say which, and go on
+            log.error(
+                "tap %s: %s did not stop when cancelled: %s", self.id, t.get_name(), t.get_stack()
+            )
         for name in list(self.observers):
             await self._stop_observer(name)
         with contextlib.suppress(Exception):
@@ -174,7 +179,7 @@ class Tap:
         self.wake.set()  # created, updated or deleted: reconcile now
 
     async def _reconcile_loop(self) -> None:
-        while True:
+        while not self.stop.is_set():  # the flag too: nats-py's requests can lose a cancel
             try:
                 await self.reconcile()
                 if not self.db_ok:
@@ -192,8 +197,7 @@ class Tap:
             except Exception as exc:
                 log.warning("tap: discovery failed (%r): retrying", exc)
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=self.config.rebalance_interval)
+            await wait_event(self.wake, self.config.rebalance_interval)
 
     async def reconcile(self) -> None:
         assert self.nc is not None
@@ -269,7 +273,8 @@ class Tap:
                 await self._downsample(db)
             except psycopg.Error as exc:
                 log.warning("retention: %s (will retry)", exc)
-            await asyncio.sleep(3600)
+            if await wait_event(self.stop, 3600):
+                return
 
     async def _downsample(self, db: psycopg.AsyncConnection[Any]) -> None:
         from eventbus import lag
