@@ -21,7 +21,7 @@ import nats
 import psycopg
 from nats.aio.client import Client
 
-from eventbus import digest
+from eventbus import digest, lag
 from eventbus.aio import wait_event
 from eventbus.lease import Lease
 from eventbus.observers import (
@@ -267,30 +267,27 @@ class Tap:
     async def _retention_loop(self) -> None:
         partitions = Partitions()
         while True:
-            try:
-                db = await self._db()
-                await partitions.drop_expired(db, self.config.retention, datetime.now(UTC))
-                await self._downsample(db)
+            try:  # a connection of its own: transactions on the shared one would interleave
+                async with await psycopg.AsyncConnection.connect(
+                    self.config.database_url,
+                    autocommit=True,
+                    application_name="flowscope-tap",
+                    connect_timeout=5,
+                ) as db:
+                    await partitions.drop_expired(db, self.config.retention, datetime.now(UTC))
+                    await self._downsample(db)
             except psycopg.Error as exc:
                 log.warning("retention: %s (will retry)", exc)
             if await wait_event(self.stop, 3600):
                 return
 
     async def _downsample(self, db: psycopg.AsyncConnection[Any]) -> None:
-        from eventbus import lag
-
-        with contextlib.suppress(AttributeError):
-            await lag.downsample(db, raw_for=timedelta(hours=24), keep_for=self.config.retention)
+        await lag.downsample(db, raw_for=timedelta(hours=24), keep_for=self.config.retention)
 
     async def _lag_loop(self) -> None:
-        try:
-            from eventbus import lag
-        except ImportError:  # pragma: no cover - the sampler lands separately
-            log.warning("lag sampler not available")
-            return
         assert self.nc is not None
 
-        async def on_sample(d: Any) -> None:
+        async def on_sample(d: lag.LagSample) -> None:
             if self.nc is not None and self.nc.is_connected:
                 with contextlib.suppress(Exception):
                     await self.nc.publish(
