@@ -1,24 +1,30 @@
-"""`python manage.py demo`: the demo services (stub until the demo issue lands)."""
+"""`python manage.py demo`: the demo microservices (eventbus.demo), until SIGINT/SIGTERM."""
 
 import asyncio
-import logging
 import signal
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
-log = logging.getLogger("flowscope.demo")
+from eventbus.demo.run import DemoConfig, run
 
 
 class Command(BaseCommand):
-    help = "Run the demo microservices against NATS_URL."
+    help = "Run the demo microservices (an order saga) against NATS_URL."
 
     def handle(self, *args: object, **options: object) -> None:
-        async def wait() -> None:
+        config = DemoConfig(
+            nats_url=settings.NATS_URL,
+            rate=settings.FLOWSCOPE_DEMO_RATE,
+            failure_rate=settings.FLOWSCOPE_DEMO_FAILURE_RATE,
+            service_header=settings.FLOWSCOPE_SERVICE_HEADER,
+        )
+
+        async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            log.info("demo services: not built yet")
-            await stop.wait()
+            await run(config, stop)
 
-        asyncio.run(wait())
+        asyncio.run(main())

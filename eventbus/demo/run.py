@@ -1,0 +1,145 @@
+"""The demo as one asyncio program: topology, workers, and the order generator."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
+from opentelemetry.sdk.trace import TracerProvider
+
+from eventbus.aio import wait_event
+from eventbus.demo import topology
+from eventbus.demo.services import World, new_order
+from eventbus.demo.tracing import Tracing
+from eventbus.demo.worker import Publisher, Worker
+
+log = logging.getLogger("flowscope.demo")
+
+
+@dataclass
+class DemoConfig:
+    nats_url: str
+    rate: float = 2.0  # orders per second; 0 publishes none
+    failure_rate: float = 0.1
+    namespace: str = ""
+    seed: int | None = None
+    concurrency: int = 8
+    retry_delay: float = 2.0
+    service_header: str = "Flowscope-Service"
+    topology: topology.Settings = field(default_factory=topology.Settings)
+
+
+class Demo:
+    def __init__(
+        self,
+        config: DemoConfig,
+        tracer_provider: TracerProvider | None = None,
+        worker_types: dict[str, type[Worker]] | None = None,
+    ):
+        self.config = config
+        self.worker_types = worker_types or {}  # by consumer: tests put in crashing workers
+        self.names = topology.Names(config.namespace)
+        self.world = World(random.Random(config.seed), config.failure_rate, config.retry_delay)
+        self.tracing = Tracing(tracer_provider)
+        self.stop_event = asyncio.Event()
+        self.workers: dict[str, Worker] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.orders_placed = 0
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+
+    def publisher(self, service: str) -> Publisher:
+        assert self.js is not None
+        return Publisher(self.js, self.names, self.tracing, service, self.config.service_header)
+
+    async def start(self) -> None:
+        self.nc = await nats.connect(
+            self.config.nats_url,
+            name="flowscope-demo",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            drain_timeout=5,
+        )
+        self.js = self.nc.jetstream()
+        await self._ensure_topology()
+        kv = await self._bucket()
+        handlers = self.world.handlers()
+        for spec in topology.CONSUMERS:
+            worker_type = self.worker_types.get(spec.durable, Worker)
+            worker = worker_type(self.nc, self.js, self.names, spec, handlers[spec.durable], kv,
+                            self.publisher(spec.service), self.config.concurrency,
+                            self.config.retry_delay)  # fmt: skip
+            self.workers[spec.durable] = worker
+            self.tasks.append(asyncio.create_task(worker.run(self.stop_event), name=spec.durable))
+        if self.config.rate > 0:
+            self.tasks.append(asyncio.create_task(self._generate(), name="orders"))
+        log.info(
+            "demo services running: %d consumers, %.1f orders/s, failure rate %.2f",
+            len(self.workers), self.config.rate, self.config.failure_rate,
+        )  # fmt: skip
+
+    async def _ensure_topology(self) -> None:
+        assert self.js is not None
+        while True:
+            try:
+                await topology.ensure(self.js, self.names, self.config.topology)
+                return
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.warning("demo: cannot set up streams yet (%r): retrying", exc)
+                await asyncio.sleep(1)
+
+    async def _bucket(self) -> KeyValue:
+        assert self.js is not None
+        try:  # processed-message records, kept a day: longer than any redelivery
+            return await self.js.create_key_value(bucket=self.names.bucket, ttl=86400, history=1)
+        except BadRequestError:
+            return await self.js.key_value(self.names.bucket)
+
+    async def place_order(self, simulate: str | None = None) -> str:
+        """Publish one new order (the orders service's API); returns its id."""
+        order = new_order(self.world.rng, self.config.failure_rate, simulate)
+        await self.publisher("orders").publish(order, None)
+        self.orders_placed += 1
+        return order.msg_id.split(".", 1)[0]
+
+    async def _generate(self) -> None:
+        interval = 1.0 / self.config.rate
+        next_at = time.monotonic()
+        while not self.stop_event.is_set():
+            try:
+                await self.place_order()
+            except nats.errors.Error as exc:
+                log.warning("orders: could not place an order (%s)", exc)
+            next_at += interval
+            now = time.monotonic()
+            if next_at < now - 1:  # fell behind by more than a second: don't burst to catch up
+                next_at = now
+            if await wait_event(self.stop_event, max(0.0, next_at - now)):
+                return
+
+    async def stop(self) -> None:
+        """Graceful: stop pulling, finish and ack what is in hand, then drain the connection."""
+        self.stop_event.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except nats.errors.Error:
+                await self.nc.close()
+        log.info("demo stopped: %d orders placed", self.orders_placed)
+
+
+async def run(config: DemoConfig, stop: asyncio.Event) -> None:
+    demo = Demo(config)
+    await demo.start()
+    await stop.wait()
+    await demo.stop()
