@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _ZERO_TRACE = "0" * 32
@@ -47,8 +47,11 @@ class Gap:
     reason: str
 
 
-@dataclass(slots=True, frozen=True)
-class AckMeta:
+class AckMeta(NamedTuple):
+    """A delivery's metadata, from its reply subject. Immutable. A NamedTuple rather than a frozen
+    dataclass: it is built once per message on the tap's hot path, and a frozen dataclass'
+    `__init__` (one `object.__setattr__` per field) cost more than the rest of the parse."""
+
     stream: str
     consumer: str
     delivered: int
@@ -66,23 +69,24 @@ def parse_ack_subject(reply: str) -> AckMeta | None:
     .<ts>.<pending>.<token>` (12 or more tokens). Returns None for anything else.
     """
     tokens = reply.split(".")
-    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
-        return None
-    if len(tokens) == 9:
-        offset = 2
-    elif len(tokens) >= 12:
-        offset = 4
+    n = len(tokens)
+    if n == 9:
+        o = 2
+    elif n >= 12:
+        o = 4
     else:
+        return None
+    if tokens[0] != "$JS" or tokens[1] != "ACK":
         return None
     try:
         return AckMeta(
-            stream=tokens[offset],
-            consumer=tokens[offset + 1],
-            delivered=int(tokens[offset + 2]),
-            stream_seq=int(tokens[offset + 3]),
-            consumer_seq=int(tokens[offset + 4]),
-            timestamp_ns=int(tokens[offset + 5]),
-            pending=int(tokens[offset + 6]),
+            tokens[o],
+            tokens[o + 1],
+            int(tokens[o + 2]),
+            int(tokens[o + 3]),
+            int(tokens[o + 4]),
+            int(tokens[o + 5]),
+            int(tokens[o + 6]),
         )
     except ValueError:
         return None
@@ -114,8 +118,11 @@ def header(headers: dict[str, str] | None, name: str) -> str | None:
     return None
 
 
+_fromtimestamp = datetime.fromtimestamp
+
+
 def ns_to_datetime(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC)
+    return _fromtimestamp(ns / 1e9, UTC)  # positional tz: half the cost of `tz=UTC`
 
 
 def parse_nats_time(value: str | None) -> datetime | None:
@@ -152,6 +159,11 @@ def build_record(
     preview_bytes: int,
     service_header: str,
 ) -> EventRecord:
+    if not headers:  # the common case, kept short: this runs once per message
+        return EventRecord(
+            stream_id, seq, ts, clean_text(subject, 1024), len(data), None, None, None, None,
+            None, bytes(data[:preview_bytes]), len(data) > preview_bytes,
+        )  # fmt: skip
     trace = parse_traceparent(header(headers, "traceparent"))
     msg_id = header(headers, "Nats-Msg-Id")
     service = header(headers, service_header)
