@@ -415,3 +415,26 @@ async def test_breaker_call_counts_failures_and_successes():
             await b.call(boom)
     with pytest.raises(CircuitOpen):
         await b.call(ok)
+
+
+class FetchFails(Worker):
+    """nats-py's fetch at times raises the builtin TimeoutError rather than its own (when the
+    server's answer to its no-wait probe comes just before the deadline), or something else."""
+
+    failures: list[BaseException] = [TimeoutError(), RuntimeError("boom")]
+
+    async def _fetch(self, sub: Any, n: int) -> list[Msg]:
+        if self.failures:
+            raise self.failures.pop(0)
+        return await super()._fetch(sub, n)
+
+
+async def test_a_consumer_keeps_pulling_after_a_fetch_raises(nats_server, wiretap):
+    demo = Demo(config(nats_server.url, wiretap.namespace), worker_types={"inventory": FetchFails})
+    await demo.start()
+    try:
+        oid = await demo.place_order()
+        await eventually(lambda: _has(wiretap, oid, "orders.shipped"), what="shipped")
+    finally:
+        await demo.stop()
+    assert FetchFails.failures == []

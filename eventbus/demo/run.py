@@ -79,13 +79,22 @@ class Demo:
                             self.publisher(spec.service), self.config.concurrency,
                             self.config.retry_delay)  # fmt: skip
             self.workers[spec.durable] = worker
-            self.tasks.append(asyncio.create_task(worker.run(self.stop_event), name=spec.durable))
+            task = asyncio.create_task(worker.run(self.stop_event), name=spec.durable)
+            task.add_done_callback(self._ended)
+            self.tasks.append(task)
         if self.config.rate > 0:
             self.tasks.append(asyncio.create_task(self._generate(), name="orders"))
         log.info(
             "demo services running: %d consumers, %.1f orders/s, failure rate %.2f",
             len(self.workers), self.config.rate, self.config.failure_rate,
         )  # fmt: skip
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A worker that ends before the demo stops is a bug: say so loudly."""
+        if task.cancelled() or self.stop_event.is_set():
+            return
+        exc = task.exception()
+        log.error("demo: consumer %s stopped working: %r", task.get_name(), exc, exc_info=exc)
 
     async def _ensure_topology(self) -> None:
         assert self.js is not None
@@ -129,7 +138,11 @@ class Demo:
     async def stop(self) -> None:
         """Graceful: stop pulling, finish and ack what is in hand, then drain the connection."""
         self.stop_event.set()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        results = await asyncio.gather(*self.tasks, return_exceptions=True)
+        for task, result in zip(self.tasks, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("demo: %s failed while stopping: %r", task.get_name(), result,
+                          exc_info=result)  # fmt: skip
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await self.nc.drain()

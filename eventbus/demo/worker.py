@@ -35,6 +35,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from opentelemetry.trace import Span
 
+from eventbus.aio import wait_event
 from eventbus.demo.topology import ConsumerSpec, Names
 from eventbus.demo.tracing import Tracing, inject
 
@@ -142,14 +143,14 @@ class Worker:
                 continue
             last_pull = time.monotonic()
             try:
-                msgs = await sub.fetch(free, timeout=FETCH_TIMEOUT)
-            except nats.errors.TimeoutError:
+                msgs = await self._fetch(sub, free)
+            except TimeoutError:  # nats-py raises its own TimeoutError and, at times, the builtin
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                 break
-            except nats.errors.Error as exc:
-                log.warning("%s: fetch failed (%s), retrying", self.spec.durable, exc)
-                await asyncio.sleep(1)
+            except Exception as exc:  # whatever it was, a consumer that stops pulling is worse
+                log.warning("%s: fetch failed (%r), retrying", self.spec.durable, exc)
+                await wait_event(stop, 1.0)
                 continue
             self._start(msgs)
         await self._late_deliveries(sub, last_pull + FETCH_TIMEOUT)
@@ -157,6 +158,9 @@ class Worker:
             await asyncio.wait(self.inflight)
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription, n: int) -> list[Msg]:
+        return await sub.fetch(n, timeout=FETCH_TIMEOUT)
 
     def _start(self, msgs: list[Msg]) -> None:
         for msg in msgs:
