@@ -62,6 +62,9 @@ class Stream(StreamState):
     discovered_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+    state_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the server last reported the stream's state"
+    )
 
     class Meta:
         db_table = "flowscope_stream"

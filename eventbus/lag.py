@@ -164,8 +164,8 @@ async def write_round(
         async with conn.cursor() as c:
             await c.executemany(
                 "UPDATE flowscope_stream SET messages = %s, bytes = %s, first_seq = %s, "
-                "last_seq = %s, consumer_count = %s WHERE id = %s",
-                [(s.messages, s.bytes, s.first_seq, s.last_seq, s.consumer_count, ids[s.name])
+                "last_seq = %s, consumer_count = %s, state_at = %s WHERE id = %s",
+                [(s.messages, s.bytes, s.first_seq, s.last_seq, s.consumer_count, ts, ids[s.name])
                  for s in stored],
             )  # fmt: skip
             await c.executemany(

@@ -89,6 +89,9 @@ def test_stream_pages_say_how_each_stream_is_observed_and_show_gaps(
         assert gap[:3] == ["1", "20", "20"]
         events = page.locator("#events tbody tr")
         assert events.count() == 10
+        # the server's figures, with when it reported them (the lag sampler, every second here)
+        _wait_for_text(page, f"{web}/streams/LIM_{unique}/", "#facts", "s ago")
+        assert "10 (" in page.locator("#facts").inner_text()
         # payloads and subjects from the wire are text, never markup
         assert page.locator("#events b").count() == 0
 

@@ -85,8 +85,8 @@ async def test_tap_samples_every_consumers_lag_and_the_stream_state(
         )
         state = await query(
             database_url,
-            "SELECT messages, first_seq, last_seq, consumer_count, bytes > 1000 "
-            "FROM flowscope_stream WHERE name = %s",
+            "SELECT messages, first_seq, last_seq, consumer_count, bytes > 1000, "
+            "now() - state_at < interval '1 minute' FROM flowscope_stream WHERE name = %s",
             stream,
         )
         samples = await query(
@@ -109,7 +109,7 @@ async def test_tap_samples_every_consumers_lag_and_the_stream_state(
         )
     await nc.close()
     assert server.state.consumer_count == 2  # billing and the tap
-    assert state == [(10, 1, 10, 1, True)]
+    assert state == [(10, 1, 10, 1, True, True)]  # and when the server said so
     count, most, least = samples[0]
     assert count >= 2 and (most, least) == (10, 6)  # a time series, not just the latest
     assert stream_samples == [(10, 1)]

@@ -1,4 +1,8 @@
+from datetime import datetime
+
 from django import template
+from django.utils import timezone
+from django.utils.timesince import timesince
 
 register = template.Library()
 
@@ -12,3 +16,14 @@ def human_bytes(value: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+@register.filter(name="ago")
+def ago(value: datetime | None) -> str:
+    """'4 s ago' under a minute (samples come every few seconds), else Django's timesince."""
+    if value is None:
+        return "never"
+    seconds = (timezone.now() - value).total_seconds()
+    if seconds < 60:
+        return f"{max(0, int(seconds))} s ago"
+    return f"{timesince(value)} ago"
