@@ -37,7 +37,7 @@ def main(base: str, user: str, password: str, paths: list[str]) -> None:
         for path in paths:
             page.goto(base + path)
             name = path.strip("/").replace("/", "-") or "overview"
-            page.screenshot(path=str(DOCS / f"{name}.png"), full_page=True)
+            page.screenshot(path=str(DOCS / f"{name}.png"), full_page=(name == "overview"))
             print(DOCS / f"{name}.png")
         browser.close()
 

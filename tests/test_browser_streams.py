@@ -99,6 +99,9 @@ def test_stream_pages_say_how_each_stream_is_observed_and_show_gaps(
         note = page.locator("#observation").inner_text()
         assert "subject subscription" in note
         assert "admit no second consumer" in note and "misses what was published" in note
+        facts = page.locator("#facts").inner_text()
+        assert "no stream sequences" in facts and "up to seq" not in facts
+        assert "cannot be counted" in page.locator("main").inner_text()  # no "No gaps" claim
     finally:
         tap.send_signal(signal.SIGTERM)
         tap.wait(30)
