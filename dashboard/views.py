@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
@@ -27,7 +28,11 @@ def overview(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "dashboard/overview.html",
-        {"stream_rows": rows, "consumers": consumers},
+        {
+            "stream_rows": rows,
+            "consumers": consumers,
+            "lag_interval": settings.FLOWSCOPE_LAG_INTERVAL,
+        },
     )
 
 

@@ -83,6 +83,7 @@ def test_stream_pages_say_how_each_stream_is_observed_and_show_gaps(
         lim, wq = rows[f"LIM_{unique}"], rows[f"WQ_{unique}"]
         assert lim[1:3] == ["limits", "ephemeral ack-none consumer"]
         assert wq[1:3] == ["workqueue", "subject subscription"]
+        assert "sampled every" in page.locator("#streams-legend").inner_text()
 
         _wait_for_text(page, f"{web}/streams/LIM_{unique}/", "#gaps", "20")
         gap = page.locator("#gaps tbody tr").first.locator("td").all_inner_texts()
