@@ -19,7 +19,10 @@ TOP_SUBJECTS = 50
 
 def events_digest(committed: Committed, names: dict[int, str]) -> bytes:
     subjects: Counter[str] = Counter(e.subject for e in committed.events)
-    newest = sorted(committed.events, key=lambda e: (e.ts, e.seq or 0))[-NEWEST:]
+    # The newest by stream time among the last ones written: a batch is in arrival order, which
+    # is time order per stream, so sorting the whole batch (thousands) would buy nothing.
+    tail = committed.events[-4 * NEWEST :]
+    newest = sorted(tail, key=lambda e: (e.ts, e.seq or 0))[-NEWEST:]
     body = {
         "kind": "events",
         "streams": {

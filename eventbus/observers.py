@@ -143,13 +143,13 @@ class Observer:
                 )
             self.next_seq = seq + 1
         self.received += 1
-        await self.writer.put(
-            build_record(
-                stream_id=self.stream_id, seq=seq, ts=ts, subject=subject, data=msg.data,
-                headers=msg.headers, preview_bytes=self.settings.preview_bytes,
-                service_header=self.settings.service_header,
-            )
+        record = build_record(
+            stream_id=self.stream_id, seq=seq, ts=ts, subject=subject, data=msg.data,
+            headers=msg.headers, preview_bytes=self.settings.preview_bytes,
+            service_header=self.settings.service_header,
         )  # fmt: skip
+        if not self.writer.offer(record):
+            await self.writer.put(record)  # full: wait (backpressure)
 
 
 class ConsumerObserver(Observer):

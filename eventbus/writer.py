@@ -84,6 +84,14 @@ class Writer:
         else:  # the common case, without `Queue.put`'s extra coroutine (once per message)
             self.queue.put_nowait(item)
 
+    def offer(self, item: Item) -> bool:
+        """Buffer `item` if there is room (no coroutine: this runs once per event); False when
+        the buffer is full, and the caller must `await put(item)`."""
+        if self.queue.full():
+            return False
+        self.queue.put_nowait(item)
+        return True
+
     def free(self) -> int:
         return self.queue.maxsize - self.queue.qsize()
 
