@@ -410,16 +410,20 @@ class CountingWriter(Writer):
         self.clock = Clock()
         self.done = asyncio.Event()
 
-    async def put(self, item: Item) -> None:
+    def offer(self, item: Item) -> bool:
         if isinstance(item, Gap):
             self.gaps += 1
-            return
+            return True
         self.count += 1
         if self.count == 1:
             self.clock.start()
         if self.count == self.n:
             self.clock.stop()
             self.done.set()
+        return True
+
+    async def put(self, item: Item) -> None:
+        self.offer(item)
 
     def free(self) -> int:
         return self.queue.maxsize
@@ -844,7 +848,7 @@ def main() -> int:
     except KeyboardInterrupt:
         print("interrupted: cleaning up", file=sys.stderr)
     except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
+        print(f"benchmark failed: {exc!r}", file=sys.stderr)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -63,6 +63,7 @@ class Writer:
         buffer_size: int = 20_000,
         batch_size: int = 5_000,
         flush_interval: float = 0.25,
+        linger: float = 0.02,
         on_commit: Callable[[Committed], Awaitable[None]] | None = None,
         on_conflict: Callable[[int], Awaitable[None]] | None = None,
     ):
@@ -70,6 +71,10 @@ class Writer:
         self.queue: asyncio.Queue[Item] = asyncio.Queue(buffer_size)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        # How long a batch waits for more events after its first: short, so a quiet stream's
+        # events are written within milliseconds; under load the buffer already holds a full
+        # batch (group commit), so it costs nothing there.
+        self.linger = min(linger, flush_interval)
         self.on_commit = on_commit
         self.on_conflict = on_conflict
         self.partitions = Partitions()
@@ -113,7 +118,7 @@ class Writer:
         except TimeoutError:
             return []
         batch = [first]
-        deadline = time.monotonic() + self.flush_interval
+        deadline = time.monotonic() + self.linger
         queue, size = self.queue, self.batch_size
         while len(batch) < size:
             take = min(size - len(batch), queue.qsize())
