@@ -53,7 +53,7 @@ from nats.aio.msg import Msg  # noqa: E402
 from nats.js.api import DeliverPolicy  # noqa: E402
 
 from eventbus.embedded import EmbeddedNats, EmbeddedPostgres  # noqa: E402
-from eventbus.observers import ConsumerObserver, ObserverSettings, is_tap_consumer  # noqa: E402
+from eventbus.observers import ObserverSettings, WireConsumerObserver, is_tap_consumer  # noqa: E402
 from eventbus.records import Gap  # noqa: E402
 from eventbus.registry import js_api  # noqa: E402
 from eventbus.writer import Item, Writer  # noqa: E402
@@ -430,9 +430,9 @@ class CountingWriter(Writer):
 
 
 async def observer_only(nc: Client, stream: str, n: int) -> Rate:
-    """The tap's ConsumerObserver (parse, build records) into a writer that only counts."""
+    """The tap's observer (its lean reader, parse, build records) into a writer that counts."""
     writer = CountingWriter(n)
-    observer = ConsumerObserver(
+    observer = WireConsumerObserver(
         nc, writer, stream, 1, 1, ObserverSettings(), tap_id=f"bench{uuid.uuid4().hex[:6]}"
     )
     observer.start()

@@ -129,6 +129,9 @@ FLOWSCOPE_LAG_INTERVAL = float(os.environ.get("FLOWSCOPE_LAG_INTERVAL", "5"))
 FLOWSCOPE_RETENTION = os.environ.get("FLOWSCOPE_RETENTION", "7d")
 FLOWSCOPE_SUBJECT_PREFIX = os.environ.get("FLOWSCOPE_SUBJECT_PREFIX", "flowscope")
 FLOWSCOPE_SERVICE_HEADER = os.environ.get("FLOWSCOPE_SERVICE_HEADER", "Flowscope-Service")
+FLOWSCOPE_TAP_READER = os.environ.get("FLOWSCOPE_TAP_READER", "wire")  # or "nats-py"
+if FLOWSCOPE_TAP_READER not in ("wire", "nats-py"):
+    raise ImproperlyConfigured("FLOWSCOPE_TAP_READER must be 'wire' or 'nats-py'")
 FLOWSCOPE_DEMO_RATE = float(os.environ.get("FLOWSCOPE_DEMO_RATE", "2"))  # orders per second
 FLOWSCOPE_DEMO_FAILURE_RATE = float(os.environ.get("FLOWSCOPE_DEMO_FAILURE_RATE", "0.1"))
 

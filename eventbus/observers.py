@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,18 +30,20 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from eventbus import wire
 from eventbus.aio import wait_event
 from eventbus.records import (
     REPUBLISH_SEQUENCE,
     REPUBLISH_TIMESTAMP,
     Gap,
+    ack_position,
     build_record,
     header,
     ns_to_datetime,
     parse_ack_subject,
     parse_nats_time,
 )
-from eventbus.writer import Writer
+from eventbus.writer import Item, Writer
 
 log = logging.getLogger("flowscope.observer")
 
@@ -58,6 +61,7 @@ class ObserverSettings:
     heartbeat: float = 1.0  # the server's idle heartbeat while a request waits
     inactive_threshold: float = 15.0  # a dead tap's consumer vanishes after this
     max_request_bytes: int = 8 * 1024 * 1024
+    reader: str = "wire"  # how consumers' deliveries are read: "wire" (eventbus.wire) or "nats-py"
 
 
 class Observer:
@@ -84,6 +88,7 @@ class Observer:
         self.received = 0
         self.ready = asyncio.Event()  # set once the observer receives what the stream gets
         self.halt = asyncio.Event()  # besides cancel(): nats-py's requests can lose a cancel
+        self.pending: deque[Item] = deque()  # taken from NATS, not yet into the full buffer
 
     def start(self) -> None:
         self.halt.clear()
@@ -107,6 +112,7 @@ class Observer:
         """Resume from `checkpoint + 1` (the writer found the stored checkpoint elsewhere)."""
         await self.stop()
         self.next_seq = checkpoint + 1
+        self.pending.clear()  # from before the checkpoint someone else moved
         self.start()
 
     async def _run_forever(self) -> None:
@@ -128,28 +134,46 @@ class Observer:
     async def _run(self) -> None:
         raise NotImplementedError
 
-    async def _record(self, seq: int | None, ts: datetime, subject: str, msg: Msg) -> None:
+    def _take(
+        self,
+        seq: int | None,
+        ts: datetime,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+    ) -> None:
+        """Check continuity, build the record and hand it to the writer, synchronously; what the
+        buffer has no room for waits in `pending`, in order, for `_drain_pending()`."""
         if seq is not None:
             if seq < self.next_seq:
                 return  # already recorded (a re-delivery after we recreated the consumer)
             if seq > self.next_seq:
-                await self.writer.put(
-                    Gap(
-                        self.stream_id,
-                        self.next_seq,
-                        seq - 1,
-                        "left the stream before the tap read it",
-                    )
-                )
+                reason = "left the stream before the tap read it"
+                self._offer(Gap(self.stream_id, self.next_seq, seq - 1, reason))
             self.next_seq = seq + 1
         self.received += 1
-        record = build_record(
-            stream_id=self.stream_id, seq=seq, ts=ts, subject=subject, data=msg.data,
-            headers=msg.headers, preview_bytes=self.settings.preview_bytes,
-            service_header=self.settings.service_header,
+        self._offer(
+            build_record(
+                stream_id=self.stream_id, seq=seq, ts=ts, subject=subject, data=data,
+                headers=headers, preview_bytes=self.settings.preview_bytes,
+                service_header=self.settings.service_header,
+            )
         )  # fmt: skip
-        if not self.writer.offer(record):
-            await self.writer.put(record)  # full: wait (backpressure)
+
+    def _offer(self, item: Item) -> None:
+        if self.pending or not self.writer.offer(item):
+            self.pending.append(item)
+
+    async def _drain_pending(self) -> None:
+        """Wait until the writer took every pending item (backpressure)."""
+        while self.pending:
+            await self.writer.put(self.pending[0])
+            self.pending.popleft()
+
+    async def _record(self, seq: int | None, ts: datetime, subject: str, msg: Msg) -> None:
+        self._take(seq, ts, subject, msg.data, msg.headers)
+        if self.pending:
+            await self._drain_pending()
 
 
 class ConsumerObserver(Observer):
@@ -204,27 +228,40 @@ class ConsumerObserver(Observer):
         self.consumer = ""
         self.requests.clear()
 
-    async def _run(self) -> None:
-        self.failed = None
-        await self._create_consumer()
+    async def _open(self) -> str:
+        """Subscribe to an inbox for the consumer's deliveries; returns the inbox."""
         inbox = self.nc.new_inbox()
         # Pull requests bound what can arrive, so the subscription's own limits never apply.
         self.sub = await self.nc.subscribe(
             inbox, cb=self._on_msg, pending_msgs_limit=0, pending_bytes_limit=0
         )
+        return inbox
+
+    async def _send_pull(self, subject: str, payload: bytes, inbox: str) -> None:
+        await self.nc.publish(subject, payload, reply=inbox)
+
+    async def _relieve(self) -> None:
+        """Between pull requests: what a subclass must do (the wire reader drains `pending`)."""
+
+    async def _run(self) -> None:
+        self.failed = None
+        await self._create_consumer()
+        inbox = await self._open()
         self.ready.set()
         self.last_activity = time.monotonic()
         s = self.settings
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}"
         while not self.halt.is_set():
             if self.failed:
                 raise RuntimeError(self.failed)
+            await self._relieve()
             now = time.monotonic()
             while self.requests and self.requests[0][1] < now:
                 self.requests.popleft()  # expired without a status reply (e.g. lost on reconnect)
             if self.requests and now - self.last_activity > max(3 * s.heartbeat, 3.0):
                 raise RuntimeError("no heartbeat from the server: consumer lost")
             outstanding = sum(int(r[0]) for r in self.requests)
-            credit = self.writer.free() - outstanding
+            credit = self.writer.free() - outstanding - len(self.pending)
             if len(self.requests) < s.inflight and credit >= min(s.batch, 100):
                 batch = min(s.batch, credit)
                 request = {
@@ -236,11 +273,7 @@ class ConsumerObserver(Observer):
                 if not self.requests:
                     self.last_activity = now
                 self.requests.append([batch, now + s.expires + 1.0])
-                await self.nc.publish(
-                    f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}",
-                    json.dumps(request).encode(),
-                    reply=inbox,
-                )
+                await self._send_pull(next_subject, json.dumps(request).encode(), inbox)
                 continue
             self.wake.clear()
             await wait_event(self.wake, 0.5)
@@ -255,29 +288,111 @@ class ConsumerObserver(Observer):
                 self.requests.popleft()
         self.wake.set()
 
+    def _status(self, status: str, description: str) -> None:
+        """A status message on the inbox: heartbeat, or the end of a pull request."""
+        if status == "100":  # idle heartbeat: the consumer is alive
+            return
+        if status in ("408", "409"):
+            description = description.lower()
+            if status == "409" and ("deleted" in description or "leadership" in description):
+                self.failed = f"consumer gone: {description}"
+            if self.requests:
+                self.requests.popleft()  # that request is over
+            self.wake.set()
+            return
+        if status == "404" and self.requests:
+            self.requests.popleft()
+            self.wake.set()
+
     async def _on_msg(self, msg: Msg) -> None:
         self.last_activity = time.monotonic()
         status = msg.headers.get("Status") if msg.headers else None
         if status:
-            if status == "100":  # idle heartbeat: the consumer is alive
-                return
-            if status in ("408", "409") and msg.headers:
-                description = (msg.headers.get("Description") or "").lower()
-                if status == "409" and ("deleted" in description or "leadership" in description):
-                    self.failed = f"consumer gone: {description}"
-                if self.requests:
-                    self.requests.popleft()  # that request is over
-                self.wake.set()
-                return
-            if status == "404" and self.requests:
-                self.requests.popleft()
-                self.wake.set()
+            assert msg.headers is not None
+            self._status(status, msg.headers.get("Description") or "")
             return
         meta = parse_ack_subject(msg.reply) if msg.reply else None
         if meta is None:
             return
         self._request_done(1)
         await self._record(meta.stream_seq, ns_to_datetime(meta.timestamp_ns), msg.subject, msg)
+
+
+class WireConsumerObserver(ConsumerObserver):
+    """The same consumer, its deliveries read by the lean connection (eventbus.wire): each chunk
+    from the socket is parsed and recorded in one synchronous pass, with no per-message `Msg`,
+    task or coroutine. When the buffer is full the socket stops being read until the writer took
+    what is pending. Falls back to nats-py where the lean connection cannot go (TLS, nkeys)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.conn: wire.WireConnection | None = None
+        self.fallback = False
+
+    async def _open(self) -> str:
+        if self.fallback:
+            return await super()._open()
+        server = self.nc.connected_url  # the server nats-py is on now, credentials included
+        if server is None:
+            raise RuntimeError("not connected to NATS")
+        try:
+            self.conn = await wire.connect(server.geturl(), self._on_frames)
+        except wire.Unsupported as exc:
+            log.info("stream %s: reading through nats-py (%s)", self.stream, exc)
+            self.fallback = True
+            return await super()._open()
+        inbox = f"_INBOX.flowscope.{uuid.uuid4().hex}"
+        self.conn.subscribe(inbox)
+        await self.conn.flush()
+        return inbox
+
+    async def _send_pull(self, subject: str, payload: bytes, inbox: str) -> None:
+        if self.conn is None:
+            return await super()._send_pull(subject, payload, inbox)
+        if self.conn.closed:
+            raise wire.WireError(f"reader connection lost: {self.conn.lost.result()!r}")
+        self.conn.publish(subject, payload, inbox)
+
+    async def _relieve(self) -> None:
+        if self.conn is None:
+            return
+        if self.conn.closed:
+            raise wire.WireError(f"reader connection lost: {self.conn.lost.result()!r}")
+        if self.pending:
+            await self._drain_pending()
+            self.last_activity = time.monotonic()  # we were not reading: no heartbeat is due
+            self.conn.resume()
+
+    async def _cleanup(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        await super()._cleanup()
+
+    def _on_frames(self, frames: list[wire.Frame]) -> None:
+        self.last_activity = time.monotonic()
+        arrived = 0
+        for subject, reply, raw_headers, payload in frames:
+            headers: dict[str, str] | None = None
+            if raw_headers is not None:
+                status, description, headers = wire.parse_headers(raw_headers)
+                if status:
+                    if arrived:
+                        self._request_done(arrived)
+                        arrived = 0
+                    self._status(status, description)
+                    continue
+            position = ack_position(reply)
+            if position is None:
+                continue
+            arrived += 1
+            self._take(position[0], ns_to_datetime(position[1]),
+                       subject.decode("utf-8", "replace"), payload, headers or None)  # fmt: skip
+        if arrived:
+            self._request_done(arrived)
+        if self.pending and self.conn is not None:
+            self.conn.pause()  # TCP pushes back; `_relieve()` resumes once the writer took them
+            self.wake.set()
 
 
 def republish_pattern(dest: str) -> str:

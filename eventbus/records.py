@@ -118,6 +118,25 @@ def header(headers: dict[str, str] | None, name: str) -> str | None:
     return None
 
 
+def ack_position(reply: bytes) -> tuple[int, int] | None:
+    """(stream sequence, stream timestamp in ns) from a delivery's raw reply subject: what the
+    tap's hot path needs of `parse_ack_subject`, without building an AckMeta per message."""
+    tokens = reply.split(b".")
+    n = len(tokens)
+    if n == 9:
+        o = 2
+    elif n >= 12:
+        o = 4
+    else:
+        return None
+    if tokens[0] != b"$JS" or tokens[1] != b"ACK":
+        return None
+    try:
+        return int(tokens[o + 3]), int(tokens[o + 5])
+    except ValueError:
+        return None
+
+
 _fromtimestamp = datetime.fromtimestamp
 
 

@@ -30,6 +30,7 @@ from eventbus.observers import (
     ObserverSettings,
     RepublishObserver,
     SubjectObserver,
+    WireConsumerObserver,
     choose_observer,
 )
 from eventbus.partitions import Partitions, parse_retention
@@ -71,6 +72,7 @@ class TapConfig:
             observer=ObserverSettings(
                 preview_bytes=settings.FLOWSCOPE_PAYLOAD_PREVIEW_BYTES,
                 service_header=settings.FLOWSCOPE_SERVICE_HEADER,
+                reader=settings.FLOWSCOPE_TAP_READER,
             ),
         )
 
@@ -234,6 +236,8 @@ class Tap:
             observer = RepublishObserver(*args, dest=s.config["republish"]["dest"])
         elif mode == "subject":
             observer = SubjectObserver(*args, subjects=s.subjects)
+        elif self.config.observer.reader == "wire" and not self.config.nats_creds:
+            observer = WireConsumerObserver(*args, tap_id=self.id)
         else:
             observer = ConsumerObserver(*args, tap_id=self.id)
         log.info(

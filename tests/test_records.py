@@ -6,6 +6,7 @@ from eventbus.lease import share, stream_key
 from eventbus.observers import choose_observer, republish_pattern
 from eventbus.partitions import parse_retention, partition_name
 from eventbus.records import (
+    ack_position,
     build_record,
     parse_ack_subject,
     parse_nats_time,
@@ -110,3 +111,20 @@ def test_lease_share_and_keys():
     assert share(4, 2) == 2 and share(5, 2) == 3 and share(3, 0) == 3
     assert stream_key("ORDERS") == stream_key("ORDERS") != stream_key("ORDERS2")
     assert -(2**31) <= stream_key("x" * 300) < 2**31
+
+
+def test_ack_position_agrees_with_parse_ack_subject():
+    for reply in (
+        "$JS.ACK.ORDERS.tap.1.42.7.1764000000123456789.3",
+        "$JS.ACK.hub.ACCHASH.ORDERS.tap.2.42.7.1764000000123456789.0.tok",
+    ):
+        meta = parse_ack_subject(reply)
+        assert meta is not None
+        assert ack_position(reply.encode()) == (meta.stream_seq, meta.timestamp_ns)
+    for bad in (
+        "_INBOX.abc",
+        "$JS.ACK.a.b.c.d.e.f",
+        "$JS.ACK.S.c.1.x.7.1.0",  # no sequence
+        "$JS.ACK.S.c.1.42.7.y.0",  # no timestamp
+    ):
+        assert ack_position(bad.encode()) is None, bad

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
+from eventbus.observers import ObserverSettings
 from tests.taputil import (
     checkpoint,
     eventually,
@@ -23,7 +24,8 @@ from tests.taputil import (
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-async def test_it_records_every_field_byte_exact(nats_server, database_url, unique):
+@pytest.mark.parametrize("reader", ["wire", "nats-py"])
+async def test_it_records_every_field_byte_exact(nats_server, database_url, unique, reader):
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     stream = f"REC_{unique}"
@@ -42,11 +44,14 @@ async def test_it_records_every_field_byte_exact(nats_server, database_url, uniq
             headers={"Nats-Msg-Id": f"msg-{i}", "TraceParent": TRACEPARENT,
                      "Flowscope-Service": "orders", "X-Odd-Header": "value with spaces"},
         )  # fmt: skip
-    async with tap_running(nats_server.url, database_url):
+    settings = ObserverSettings(inactive_threshold=5.0, reader=reader)
+    async with tap_running(nats_server.url, database_url, observer=settings) as tap:
         rows = await eventually(
             lambda: _with_len(stream_events(database_url, stream), 4), what="4 events"
         )
+        kind = type(tap.observers[stream]).__name__
     await nc.close()
+    assert kind == {"wire": "WireConsumerObserver", "nats-py": "ConsumerObserver"}[reader]
     for i, (
         seq,
         subject,

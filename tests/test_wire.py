@@ -1,0 +1,109 @@
+"""The tap's lean NATS reader (eventbus.wire): frames exactly as nats-py would see them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+
+from eventbus import wire
+from eventbus.wire import Frame, _Protocol, parse_headers
+
+
+def test_parse_headers_reads_status_lines_and_headers_as_nats_py_does():
+    assert parse_headers(b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 7\r\n\r\n") == (
+        "100",
+        "Idle Heartbeat",
+        {"Nats-Last-Consumer": "7"},
+    )
+    assert parse_headers(b"NATS/1.0 404 No Messages\r\n\r\n") == ("404", "No Messages", {})
+    assert parse_headers(b"NATS/1.0 408\r\n\r\n") == ("408", "", {})
+    block = (
+        b"NATS/1.0\r\nA: 1\r\nA: 2\r\nNo-Space:x\r\nbad name: skipped\r\n"
+        b"Caf\xc3\xa9: skipped\r\nUtf: \xff\xfe\r\nno colon\r\n\r\n"
+    )
+    status, _, headers = parse_headers(block)
+    assert status is None
+    assert headers == {"A": "2", "No-Space": "x", "Utf": "\ufffd\ufffd"}
+
+
+class _Sink(asyncio.Transport):
+    """Where the protocol writes its PONGs: a real Transport subclass, kept in memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_frames_split_anywhere_across_reads_come_out_whole():
+    stream = (
+        b"INFO {}\r\nPING\r\n"
+        b"MSG a.b 1 5\r\nhello\r\n"
+        b"MSG a.c 1 $JS.ACK.S.c.1.2.2.1700000000000000000.0 0\r\n\r\n"
+        b"HMSG a.d 1 _INBOX.x 18 22\r\nNATS/1.0\r\nK: v\r\n\r\n\x00\r\n\xff\r\n"
+        b"+OK\r\nHMSG a.e 1 16 16\r\nNATS/1.0 100\r\n\r\n\r\n"
+    )
+    expected: list[Frame] = [
+        (b"a.b", b"", None, b"hello"),
+        (b"a.c", b"$JS.ACK.S.c.1.2.2.1700000000000000000.0", None, b""),
+        (b"a.d", b"_INBOX.x", b"NATS/1.0\r\nK: v\r\n\r\n", b"\x00\r\n\xff"),
+        (b"a.e", b"", b"NATS/1.0 100\r\n\r\n", b""),
+    ]
+    for size in (1, 2, 3, 7, 64, len(stream)):
+        got: list[Frame] = []
+        protocol = _Protocol(got.extend)
+        sink = _Sink()
+        protocol.connection_made(sink)
+        for i in range(0, len(stream), size):
+            protocol.data_received(stream[i : i + size])
+        assert got == expected, size
+        assert bytes(sink.written) == b"PONG\r\n"  # answered the server's PING
+        assert protocol.buf == b""
+
+
+async def test_it_reads_what_the_server_delivers_byte_exact(nats_server, unique):
+    frames: list[Frame] = []
+    conn = await wire.connect(nats_server.url, frames.extend)
+    conn.subscribe(f"w.{unique}.>")
+    await conn.flush()
+    nc = await nats.connect(nats_server.url)
+    payloads = [b"", b"\xff\xfe\x00\r\n\r\nMSG fake 1 3\r\n", bytes(range(256)) * 2048]  # 512 KiB
+    for i, data in enumerate(payloads):
+        await nc.publish(f"w.{unique}.{i}", data, headers={"Id": str(i)} if i else None)
+    await nc.flush()
+    for _ in range(100):
+        if len(frames) == len(payloads):
+            break
+        await asyncio.sleep(0.05)
+    await nc.close()
+    conn.close()
+    assert [f[0] for f in frames] == [f"w.{unique}.{i}".encode() for i in range(3)]
+    assert [f[3] for f in frames] == payloads
+    assert frames[0][2] is None
+    assert parse_headers(frames[2][2] or b"")[2] == {"Id": "2"}
+
+
+async def test_a_lost_connection_is_reported(nats_server, unique):
+    conn = await wire.connect(nats_server.url, lambda frames: None)
+    conn.subscribe(f"w.{unique}")
+    await conn.flush()
+    nats_server.stop()
+    try:
+        reason = await asyncio.wait_for(conn.lost, 10)
+        assert conn.closed and reason is not None
+    finally:
+        nats_server.start()
+
+
+async def test_nothing_listening_is_a_clear_error():
+    from eventbus.embedded import free_port
+
+    with pytest.raises(OSError):
+        await wire.connect(f"nats://127.0.0.1:{free_port()}", lambda frames: None, timeout=2)
