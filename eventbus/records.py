@@ -61,6 +61,13 @@ class AckMeta(NamedTuple):
     pending: int
 
 
+def _ack_offset(head: list[str], n: int) -> int | None:
+    """Where the stream name is in an ack subject of `n` tokens starting with `head`."""
+    if head != ["$JS", "ACK"]:
+        return None
+    return 2 if n == 9 else 4 if n >= 12 else None
+
+
 def parse_ack_subject(reply: str) -> AckMeta | None:
     """Parse a JetStream delivery's reply subject.
 
@@ -69,14 +76,8 @@ def parse_ack_subject(reply: str) -> AckMeta | None:
     .<ts>.<pending>.<token>` (12 or more tokens). Returns None for anything else.
     """
     tokens = reply.split(".")
-    n = len(tokens)
-    if n == 9:
-        o = 2
-    elif n >= 12:
-        o = 4
-    else:
-        return None
-    if tokens[0] != "$JS" or tokens[1] != "ACK":
+    o = _ack_offset(tokens[:2], len(tokens))
+    if o is None:
         return None
     try:
         return AckMeta(
@@ -122,14 +123,8 @@ def ack_position(reply: bytes) -> tuple[int, int] | None:
     """(stream sequence, stream timestamp in ns) from a delivery's raw reply subject: what the
     tap's hot path needs of `parse_ack_subject`, without building an AckMeta per message."""
     tokens = reply.split(b".")
-    n = len(tokens)
-    if n == 9:
-        o = 2
-    elif n >= 12:
-        o = 4
-    else:
-        return None
-    if tokens[0] != b"$JS" or tokens[1] != b"ACK":
+    o = _ack_offset([t.decode("ascii", "replace") for t in tokens[:2]], len(tokens))
+    if o is None:
         return None
     try:
         return int(tokens[o + 3]), int(tokens[o + 5])
