@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/tap_ingest.py
+	$(PY) bench/demo_saga.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

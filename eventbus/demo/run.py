@@ -140,7 +140,7 @@ class Demo:
         self.stop_event.set()
         results = await asyncio.gather(*self.tasks, return_exceptions=True)
         for task, result in zip(self.tasks, results, strict=True):
-            if isinstance(result, BaseException):
+            if isinstance(result, Exception):  # a cancelled task is not a failure
                 log.error("demo: %s failed while stopping: %r", task.get_name(), result,
                           exc_info=result)  # fmt: skip
         if self.nc is not None and not self.nc.is_closed:
