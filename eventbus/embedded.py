@@ -75,8 +75,15 @@ def nats_server_binary() -> str:
 class EmbeddedNats:
     """A nats-server with JetStream, its store in `store_dir`, on 127.0.0.1."""
 
-    def __init__(self, store_dir: Path, port: int | None = None, log_file: Path | None = None):
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int | None = None,
+        log_file: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.store_dir = Path(store_dir)
+        self.extra_args = extra_args  # e.g. ("--user", "u", "--pass", "p")
         self.preferred_port = port
         self.port = 0
         self.log_file = log_file or self.store_dir / "nats-server.log"
@@ -98,6 +105,7 @@ class EmbeddedNats:
             "-sd", str(self.store_dir),
             "-n", f"flowscope-{self.port}",
             "-l", str(self.log_file),
+            *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
         wait_for_port("127.0.0.1", self.port, 15, self.proc)

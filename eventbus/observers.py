@@ -337,7 +337,7 @@ class WireConsumerObserver(ConsumerObserver):
             raise RuntimeError("not connected to NATS")
         try:
             self.conn = await wire.connect(server.geturl(), self._on_frames)
-        except wire.Unsupported as exc:
+        except wire.WireError as exc:  # TLS, nkeys, or credentials only nats-py holds
             log.info("stream %s: reading through nats-py (%s)", self.stream, exc)
             self.fallback = True
             return await super()._open()

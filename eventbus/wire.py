@@ -184,11 +184,11 @@ async def connect(
         "verbose": False, "pedantic": False, "lang": "python", "version": "flowscope",
         "protocol": 1, "headers": True, "no_responders": True, "echo": False, "name": name,
     }  # fmt: skip
+    # as nats-py sends them: taken from the URL as written (no percent-decoding)
     if parsed.username and parsed.password is not None:
-        options["user"] = urllib.parse.unquote(parsed.username)
-        options["pass"] = urllib.parse.unquote(parsed.password)
+        options["user"], options["pass"] = parsed.username, parsed.password
     elif parsed.username:
-        options["auth_token"] = urllib.parse.unquote(parsed.username)
+        options["auth_token"] = parsed.username
     protocol._write(b"CONNECT " + json.dumps(options).encode() + _CRLF)
     try:
         await conn.flush(timeout)

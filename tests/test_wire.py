@@ -107,3 +107,54 @@ async def test_nothing_listening_is_a_clear_error():
 
     with pytest.raises(OSError):
         await wire.connect(f"nats://127.0.0.1:{free_port()}", lambda frames: None, timeout=2)
+
+
+@pytest.fixture
+def nats_with_password(tmp_path):
+    from eventbus.embedded import EmbeddedNats
+
+    server = EmbeddedNats(tmp_path / "auth", extra_args=("--user", "tap", "--pass", "s3cret"))
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_it_logs_in_with_the_password_in_the_url(nats_with_password, unique):
+    port = nats_with_password.port
+    frames: list[Frame] = []
+    conn = await wire.connect(f"nats://tap:s3cret@127.0.0.1:{port}", frames.extend)
+    conn.subscribe(f"a.{unique}")
+    await conn.flush()
+    nc = await nats.connect(f"nats://tap:s3cret@127.0.0.1:{port}")
+    await nc.publish(f"a.{unique}", b"in")
+    await nc.flush()
+    for _ in range(100):
+        if frames:
+            break
+        await asyncio.sleep(0.05)
+    await nc.close()
+    conn.close()
+    assert [f[3] for f in frames] == [b"in"]
+    with pytest.raises(wire.WireError, match=r"(?i)authorization"):
+        await wire.connect(f"nats://tap:wrong@127.0.0.1:{port}", lambda frames: None)
+
+
+async def test_the_tap_reads_a_password_protected_server_with_its_lean_reader(
+    nats_with_password, database_url, unique
+):
+    """The lean reader logs in with what nats-py connected with (the URL's user and password)."""
+    from tests.taputil import eventually, stream_events, tap_running
+
+    url = f"nats://tap:s3cret@127.0.0.1:{nats_with_password.port}"
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    stream = f"AUTH_{unique}"
+    await js.add_stream(name=stream, subjects=[f"auth.{unique}"])
+    await js.publish(f"auth.{unique}", b"one")
+    async with tap_running(url, database_url) as tap:
+        rows = await eventually(lambda: stream_events(database_url, stream), what="recorded")
+        observer = tap.observers[stream]
+        assert type(observer).__name__ == "WireConsumerObserver"
+        assert observer.conn is not None  # the URL's password was enough for the lean reader
+    await nc.close()
+    assert [bytes(r[3]) for r in rows] == [b"one"]
