@@ -8,6 +8,7 @@ import nats
 import pytest
 
 from eventbus import wire
+from eventbus.observers import WireConsumerObserver
 from eventbus.wire import Frame, _Protocol, parse_headers
 
 
@@ -154,7 +155,7 @@ async def test_the_tap_reads_a_password_protected_server_with_its_lean_reader(
     async with tap_running(url, database_url) as tap:
         rows = await eventually(lambda: stream_events(database_url, stream), what="recorded")
         observer = tap.observers[stream]
-        assert type(observer).__name__ == "WireConsumerObserver"
+        assert isinstance(observer, WireConsumerObserver)
         assert observer.conn is not None  # the URL's password was enough for the lean reader
     await nc.close()
     assert [bytes(r[3]) for r in rows] == [b"one"]
