@@ -69,7 +69,7 @@ class Stack:
         port = os.environ.get("PORT", "8000")
         self.spawn("tap", [sys.executable, "manage.py", "tap"])
         if self.env.get("FLOWSCOPE_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"):
-            self.spawn("demo", [sys.executable, "manage.py", "demo"])
+            self.spawn("demo", [sys.executable, "manage.py", "demo", "--wait-for-tap", "30"])
         self.spawn(
             "web",
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", port,
@@ -87,18 +87,22 @@ class Stack:
         return 0
 
     def stop(self) -> None:
-        # Web and demo first (they use the tap's data and NATS), the tap next, servers last.
-        for _name, proc in reversed(self.children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for name, proc in reversed(self.children):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time: killing it", name)
-                proc.kill()
-                proc.wait()
+        # Web and demo first (the tap records the demo's last events), then the tap (it flushes
+        # what it holds), the servers last.
+        later = [(n, p) for n, p in self.children if n == "tap"]
+        first = [(n, p) for n, p in self.children if n != "tap"]
+        for group in (first, later):
+            for _name, proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            for name, proc in group:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop in time: killing it", name)
+                    proc.kill()
+                    proc.wait()
         if self.pg:
             self.pg.stop()
         if self.nats:

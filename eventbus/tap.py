@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import uuid
@@ -149,6 +150,9 @@ class Tap:
         advisories = await self.nc.subscribe(
             "$JS.EVENT.ADVISORY.STREAM.>", cb=self._on_stream_advisory
         )
+        observing = await self.nc.subscribe(
+            f"{self.config.subject_prefix}.tap.observing", cb=self._on_observing
+        )
         tasks = [
             asyncio.create_task(self.writer.run(self.stop), name="writer"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
@@ -169,6 +173,7 @@ class Tap:
             await self._stop_observer(name)
         with contextlib.suppress(Exception):
             await advisories.unsubscribe()
+            await observing.unsubscribe()
         await tasks[0]  # the writer drains its buffer, then returns
         await self.lease.close()
         if self.db is not None:
@@ -176,6 +181,13 @@ class Tap:
         with contextlib.suppress(Exception):
             await self.nc.drain()
         log.info("tap %s stopped: %d events written", self.id, self.writer.written)
+
+    async def _on_observing(self, msg: Any) -> None:
+        """`<prefix>.tap.observing`: which streams this tap watches now (its observers receive
+        what those streams get). Every tap answers; a caller gathers the answers."""
+        if msg.reply:
+            ready = sorted(name for name, o in self.observers.items() if o.ready.is_set())
+            await msg.respond(json.dumps({"tap": self.id, "streams": ready}).encode())
 
     async def _on_stream_advisory(self, msg: Any) -> None:
         self.wake.set()  # created, updated or deleted: reconcile now

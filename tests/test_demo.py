@@ -438,3 +438,14 @@ async def test_a_consumer_keeps_pulling_after_a_fetch_raises(nats_server, wireta
     finally:
         await demo.stop()
     assert FetchFails.failures == []
+
+
+async def test_without_a_tap_it_waits_as_long_as_asked_then_places_orders(nats_server, wiretap):
+    demo = Demo(config(nats_server.url, wiretap.namespace, rate=20.0, wait_for_tap=1.0))
+    await demo.start()
+    await asyncio.sleep(0.7)
+    placed_while_waiting = demo.orders_placed
+    await asyncio.sleep(1.0)
+    await demo.stop()
+    assert placed_while_waiting == 0
+    assert demo.orders_placed > 0

@@ -4,6 +4,7 @@ Ctrl-C leaves no process behind, and a second start finds what the first one rec
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -170,11 +171,53 @@ def test_run_serves_login_stops_cleanly_on_ctrl_c_and_keeps_its_state(tmp_path):
         # streams' first events may be gone before the tap's consumer exists: waited for)
         saga = {"orders.created", "inventory.reserved", "payments.authorized", "orders.shipped"}
         _wait_subjects(database_url2, saga)
+        # The demo placed its first order only once the tap watched every demo stream: nothing
+        # of it went by unrecorded, not even on the interest and work-queue streams.
+        first_order = _first_order(database_url2)
+        _wait_order_recorded(database_url2, first_order, saga | {"shipping.requests"})
+        assert _demo_gaps(database_url2) == []
         pids = second.pids()
         assert "demo" in pids, pids
     finally:
         assert second.ctrl_c() == 0
     assert not [name for name, pid in pids.items() if _alive(pid)], second.text()[-2000:]
+
+
+def _first_order(database_url: str) -> str:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT e.payload FROM flowscope_event e JOIN flowscope_stream s ON s.id = e.stream_id"
+            " WHERE s.name = 'ORDERS' AND e.seq = 1"
+        ).fetchone()
+    assert row is not None, "ORDERS seq 1 not recorded"
+    return str(json.loads(bytes(row[0]))["order_id"])
+
+
+def _wait_order_recorded(database_url: str, order_id: str, subjects: set[str]) -> None:
+    deadline = time.monotonic() + 30
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT subject FROM flowscope_event WHERE msg_id LIKE %s",
+                (order_id + ".%",),
+            ).fetchall()
+        seen = {r[0] for r in rows}
+        if subjects <= seen:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"first order {order_id}: recorded only {sorted(seen)}")
+
+
+def _demo_gaps(database_url: str) -> list[tuple[str, int, int]]:
+    with psycopg.connect(database_url) as conn:
+        return [
+            (name, first, last)
+            for name, first, last in conn.execute(
+                "SELECT s.name, g.first_seq, g.last_seq FROM flowscope_gap g "
+                "JOIN flowscope_stream s ON s.id = g.stream_id"
+            ).fetchall()
+        ]
 
 
 def _wait_subjects(database_url: str, wanted: set[str], timeout: float = 60) -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 import nats
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
@@ -35,6 +37,8 @@ class DemoConfig:
     concurrency: int = 8
     retry_delay: float = 2.0
     service_header: str = "Flowscope-Service"
+    wait_for_tap: float = 0.0  # seconds to wait, before the first order, for a tap to watch
+    tap_prefix: str = "flowscope"  # the tap's FLOWSCOPE_SUBJECT_PREFIX
     topology: topology.Settings = field(default_factory=topology.Settings)
 
 
@@ -83,7 +87,9 @@ class Demo:
             task.add_done_callback(self._ended)
             self.tasks.append(task)
         if self.config.rate > 0:
-            self.tasks.append(asyncio.create_task(self._generate(), name="orders"))
+            generator = asyncio.create_task(self._generate(), name="orders")
+            generator.add_done_callback(self._ended)
+            self.tasks.append(generator)
         log.info(
             "demo services running: %d consumers, %.1f orders/s, failure rate %.2f",
             len(self.workers), self.config.rate, self.config.failure_rate,
@@ -94,7 +100,7 @@ class Demo:
         if task.cancelled() or self.stop_event.is_set():
             return
         exc = task.exception()
-        log.error("demo: consumer %s stopped working: %r", task.get_name(), exc, exc_info=exc)
+        log.error("demo: %s stopped working: %r", task.get_name(), exc, exc_info=exc)
 
     async def _ensure_topology(self) -> None:
         assert self.js is not None
@@ -120,7 +126,47 @@ class Demo:
         self.orders_placed += 1
         return order.msg_id.split(".", 1)[0]
 
+    async def _await_tap(self) -> None:
+        """Ask the taps (`<prefix>.tap.observing`) until one watches each demo stream: the
+        first orders' events pass interest and work-queue streams within milliseconds, and a
+        tap that starts watching later would record them as gaps or not at all."""
+        assert self.nc is not None
+        wanted = {self.names.stream(s.name) for s in topology.STREAMS}
+        answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_answer(msg: Msg) -> None:
+            if msg.data:  # not the server's "no responders" status
+                answers.put_nowait(msg.data)
+
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=on_answer)
+        deadline = time.monotonic() + self.config.wait_for_tap
+        seen: set[str] = set()
+        try:
+            while time.monotonic() < deadline and not self.stop_event.is_set():
+                await self.nc.publish(f"{self.config.tap_prefix}.tap.observing", b"", reply=inbox)
+                seen = set()
+                try:
+                    async with asyncio.timeout(0.3):  # every tap answers: gather them
+                        while True:
+                            answer = json.loads(await answers.get())
+                            seen.update(answer.get("streams", []))
+                except TimeoutError:
+                    pass
+                if wanted <= seen:
+                    log.info("demo: the tap watches all %d demo streams: placing orders",
+                             len(wanted))  # fmt: skip
+                    return
+                await wait_event(self.stop_event, 0.2)
+            if not self.stop_event.is_set():
+                log.warning("demo: no tap watches %s after %.0f s: placing orders anyway",
+                            ", ".join(sorted(wanted - seen)), self.config.wait_for_tap)  # fmt: skip
+        finally:
+            await sub.unsubscribe()
+
     async def _generate(self) -> None:
+        if self.config.wait_for_tap > 0:
+            await self._await_tap()
         interval = 1.0 / self.config.rate
         next_at = time.monotonic()
         while not self.stop_event.is_set():

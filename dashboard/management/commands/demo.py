@@ -4,7 +4,7 @@ import asyncio
 import signal
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 from eventbus.demo.run import DemoConfig, run
 
@@ -12,12 +12,26 @@ from eventbus.demo.run import DemoConfig, run
 class Command(BaseCommand):
     help = "Run the demo microservices (an order saga) against NATS_URL."
 
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--wait-for-tap",
+            type=float,
+            default=0.0,
+            metavar="SECONDS",
+            help="before the first order, wait up to SECONDS for a tap to watch every demo "
+            "stream (make run starts the tap and the demo together)",
+        )
+
     def handle(self, *args: object, **options: object) -> None:
+        wait = options["wait_for_tap"]
+        assert isinstance(wait, float)
         config = DemoConfig(
             nats_url=settings.NATS_URL,
             rate=settings.FLOWSCOPE_DEMO_RATE,
             failure_rate=settings.FLOWSCOPE_DEMO_FAILURE_RATE,
             service_header=settings.FLOWSCOPE_SERVICE_HEADER,
+            wait_for_tap=wait,
+            tap_prefix=settings.FLOWSCOPE_SUBJECT_PREFIX,
         )
 
         async def main() -> None:
