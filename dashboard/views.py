@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
+from django.db.models.functions import Lower
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
@@ -16,7 +17,7 @@ def overview(request: HttpRequest) -> HttpResponse:
     streams = (
         Stream.objects.filter(deleted_at__isnull=True)
         .annotate(gap_count=Count("gaps", distinct=True))
-        .order_by("name")
+        .order_by(Lower("name"), "name")
     )
     consumers = (
         Consumer.objects.filter(deleted_at__isnull=True, stream__deleted_at__isnull=True)

@@ -252,9 +252,12 @@ class Tap:
             observer = WireConsumerObserver(*args, tap_id=self.id)
         else:
             observer = ConsumerObserver(*args, tap_id=self.id)
-        log.info(
-            "stream %s (%s): observing by %s from seq %d", s.name, s.retention, mode, last_seq + 1
-        )
+        if mode == "subject":
+            log.info("stream %s (%s): observing by subject subscription (no sequences)",
+                     s.name, s.retention)  # fmt: skip
+        else:
+            log.info("stream %s (%s): observing by %s from seq %d",
+                     s.name, s.retention, mode, last_seq + 1)  # fmt: skip
         self.observers[s.name] = observer
         self.incarnations[s.name] = (stream_id, mode)
         observer.start()

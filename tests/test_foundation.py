@@ -111,3 +111,23 @@ def test_compose_file_is_valid_and_every_command_exists():
             assert hasattr(mod, attr), f"{name}: {argv[-1]} does not exist"
         else:
             pytest.fail(f"{name}: unexpected command {argv}")
+
+
+@pytest.mark.django_db
+def test_a_nul_in_the_address_is_a_clear_400_not_a_crash(client, django_user_model):
+    user = django_user_model.objects.create_user("nul", password="pw-for-nul-test")
+    client.force_login(user)
+    for url in ("/streams/ORDERS%00/", "/streams/ORDERS/?q=%00", "/login/?next=/%00"):
+        response = client.get(url)
+        assert response.status_code == 400, url
+        assert b"NUL character" in response.content
+    assert client.get("/streams/NOPE/").status_code == 404  # a plain unknown name: not found
+
+
+def test_invisible_characters_from_the_wire_are_shown_as_escapes():
+    from dashboard.templatetags.humanize_bytes import visible
+
+    assert visible("odd.\u202eevil") == "odd.\\u202eevil"  # a right-to-left override
+    assert visible("a\u200bb\x07") == "a\\u200bb\\u0007"  # zero-width space, a control
+    assert visible("ünïcödé.ORDERS") == "ünïcödé.ORDERS"  # ordinary letters stay
+    assert visible(None) == ""

@@ -1,3 +1,4 @@
+import unicodedata
 from datetime import datetime
 
 from django import template
@@ -27,3 +28,15 @@ def ago(value: datetime | None) -> str:
     if seconds < 60:
         return f"{max(0, int(seconds))} s ago"
     return f"{timesince(value)} ago"
+
+
+@register.filter(name="visible")
+def visible(value: object) -> str:
+    """Text from the wire, with invisible format characters (bidi overrides, zero-width
+    joiners, ...) shown as escapes: a subject cannot pass for another one on screen."""
+    text = "" if value is None else str(value)
+    if text.isascii():
+        return text
+    return "".join(
+        f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cf", "Cc") else c for c in text
+    )
