@@ -7,7 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Count
 from django.db.models.functions import Lower
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 
 from dashboard.models import Checkpoint, Consumer, Event, Gap, Stream
 
@@ -39,9 +39,12 @@ def overview(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def stream_detail(request: HttpRequest, name: str) -> HttpResponse:
-    stream = get_object_or_404(
-        Stream.objects.order_by("-created"), name=name, deleted_at__isnull=True
-    )
+    stream = Stream.objects.filter(name=name, deleted_at__isnull=True).order_by("-created").first()
+    if stream is None:
+        deleted = Stream.objects.filter(name=name).exists()
+        return render(
+            request, "dashboard/stream_missing.html", {"name": name, "deleted": deleted}, status=404
+        )
     events = Event.objects.filter(stream=stream).order_by("-ts", "-seq")[:50]
     checkpoint = Checkpoint.objects.filter(stream=stream).first()
     return render(

@@ -121,7 +121,8 @@ def test_a_nul_in_the_address_is_a_clear_400_not_a_crash(client, django_user_mod
         response = client.get(url)
         assert response.status_code == 400, url
         assert b"NUL character" in response.content
-    assert client.get("/streams/NOPE/").status_code == 404  # a plain unknown name: not found
+    missing = client.get("/streams/NOPE/")  # a plain unknown name: our page, not found
+    assert missing.status_code == 404 and b"has not seen a stream of that name" in missing.content
 
 
 def test_invisible_characters_from_the_wire_are_shown_as_escapes():
