@@ -262,7 +262,9 @@ class ConsumerObserver(Observer):
                 raise RuntimeError("no heartbeat from the server: consumer lost")
             outstanding = sum(int(r[0]) for r in self.requests)
             credit = self.writer.free() - outstanding - len(self.pending)
-            if len(self.requests) < s.inflight and credit >= min(s.batch, 100):
+            # ask for a worthwhile amount: many small requests cost the server and us more
+            worthwhile = min(s.batch, 500, max(1, self.writer.queue.maxsize // 4))
+            if len(self.requests) < s.inflight and credit >= worthwhile:
                 batch = min(s.batch, credit)
                 request = {
                     "batch": batch,
