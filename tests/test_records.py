@@ -128,3 +128,17 @@ def test_ack_position_agrees_with_parse_ack_subject():
         "$JS.ACK.S.c.1.42.7.y.0",  # no timestamp
     ):
         assert ack_position(bad.encode()) is None, bad
+
+
+def test_ns_to_datetime_truncates_to_microseconds_in_utc():
+    from datetime import UTC, datetime
+
+    from eventbus.records import ns_to_datetime
+
+    assert ns_to_datetime(1764000000123456789) == datetime(
+        2025, 11, 24, 16, 0, 0, 123456, tzinfo=UTC
+    )
+    assert ns_to_datetime(1764000000999999999).microsecond == 999999  # not rounded up
+    assert ns_to_datetime(1764000001000000000) == datetime(2025, 11, 24, 16, 0, 1, tzinfo=UTC)
+    assert ns_to_datetime(0) == datetime(1970, 1, 1, tzinfo=UTC)
+    assert ns_to_datetime(1764000000123456789).tzinfo is UTC
