@@ -138,7 +138,7 @@ _fromtimestamp = datetime.fromtimestamp
 
 def ns_to_datetime(ns: int) -> datetime:
     """A stream timestamp (ns since the epoch) as an aware UTC datetime, to the microsecond
-    (rounded). The float path is the fastest of those measured: 0.66 µs against 1.0–2.2 µs for
+    (rounded). The float path is the fastest of those measured: 0.66 µs against 1.0 to 2.2 µs for
     integer arithmetic, timedelta or a per-second cache."""
     return _fromtimestamp(ns / 1e9, UTC)  # positional tz: half the cost of `tz=UTC`
 
