@@ -132,3 +132,13 @@ def test_invisible_characters_from_the_wire_are_shown_as_escapes():
     assert visible("a\u200bb\x07") == "a\\u200bb\\u0007"  # zero-width space, a control
     assert visible("ünïcödé.ORDERS") == "ünïcödé.ORDERS"  # ordinary letters stay
     assert visible(None) == ""
+
+
+@pytest.mark.django_db
+def test_log_out_ends_the_session(client, django_user_model):
+    user = django_user_model.objects.create_user("leaver", password="pw-for-logout-test")
+    client.force_login(user)
+    assert client.get("/").status_code == 200
+    response = client.post("/logout/")  # what the nav's "Log out" button sends
+    assert response.status_code == 302
+    assert client.get("/").status_code == 302  # back to the login page
