@@ -53,6 +53,7 @@ class Run:
             FLOWSCOPE_STATE_DIR=str(state),
             PORT=str(port),
             FLOWSCOPE_DEMO_RATE="5",
+            FLOWSCOPE_DEMO_FAILURE_RATE="0",  # every order ships: the checks below need that
             FLOWSCOPE_NATS_PORT=str(free_port()),
             FLOWSCOPE_PG_PORT=str(free_port()),
             FLOWSCOPE_ADMIN_PASSWORD="first-run-password",
