@@ -257,8 +257,12 @@ async def test_shutdown_finishes_what_it_holds_and_a_restart_completes_the_rest(
     first = Demo(config(nats_server.url, ns, concurrency=4), worker_types={"inventory": SlowWorker})
     await first.start()
     orders = [await first.place_order() for _ in range(30)]
-    await eventually(lambda: _true(first.workers["inventory"].stats.processed >= 4), what="busy")
-    in_hand = len(first.workers["inventory"].inflight)
+    inventory = first.workers["inventory"]
+    await eventually(
+        lambda: _true(inventory.stats.processed >= 4 and len(inventory.inflight) > 0),
+        what="some done, more in hand",
+    )
+    in_hand = len(inventory.inflight)
     await first.stop()
     assert in_hand > 0  # the stop came with messages in hand
     # Graceful: nothing is left delivered-but-unacked, and everything acked had its effects.
