@@ -64,14 +64,7 @@ class _Flight:
     batch: list[Item]
     task: asyncio.Task[set[int]]
     locked: asyncio.Event  # set when its transaction has ended: the next batch's guards may go
-    lane: int
     started: float
-
-
-def item_seq_range(item: Item) -> tuple[int, int] | None:
-    if isinstance(item, Gap):
-        return item.first_seq, item.last_seq
-    return (item.seq, item.seq) if item.seq is not None else None
 
 
 class Writer:
@@ -103,7 +96,6 @@ class Writer:
         self.next_lane = 0
         self.db_down_since: float | None = None
         self.written = 0
-        self.flushed = asyncio.Event()
 
     async def put(self, item: Item) -> None:
         if self.queue.full():  # backpressure: wait until the writer has taken a batch
@@ -132,7 +124,6 @@ class Writer:
                     await self._land(flights, stop)
                 batch = await self._collect(stop)  # while the batches in flight are written
                 if not batch:
-                    self.flushed.set()
                     continue
                 while len(flights) >= self.lanes:
                     await self._land(flights, stop)
@@ -145,7 +136,6 @@ class Writer:
                     flights.append(flight)
             while flights:
                 await self._land(flights, stop)
-            self.flushed.set()
         finally:
             for task in [f.task for f in flights]:
                 task.cancel()
@@ -157,51 +147,46 @@ class Writer:
         lane = self.next_lane
         self.next_lane = (lane + 1) % self.lanes
         try:
-            conn = await self._connect(lane)
-            await self.partitions.ensure(
-                conn, {i.ts.date() for i in batch if isinstance(i, EventRecord)}
-            )
+            conn = await self._prepare(lane, batch)
         except (psycopg.OperationalError, psycopg.InterfaceError):
             await self._drop(lane)
             return None
         locked = asyncio.Event()
         task = asyncio.create_task(self._try_commit(conn, batch, after, locked))
-        return _Flight(batch, task, locked, lane, time.perf_counter())
+        return _Flight(batch, task, locked, time.perf_counter())
 
     async def _land(self, flights: deque[_Flight], stop: asyncio.Event) -> None:
         """Wait for the oldest batch in flight and announce it; if it failed or met a moved
         checkpoint, let the rest settle too, then write what is left one batch at a time."""
-        flight = flights.popleft()
-        retry: list[list[Item]] = []
-        try:
-            conflicts = await flight.task
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            self._down(exc, len(flight.batch))
-            retry.append(flight.batch)
-        else:
-            if not conflicts:
-                await self._committed(flight.batch, time.perf_counter() - flight.started)
-                return
-            await self._resync(conflicts)
-            retry.append([i for i in flight.batch if i.stream_id not in conflicts])
+        first = await self._settle(flights.popleft())
+        if first is None:
+            return
+        retry = [first]
         while flights:
-            later = flights.popleft()
-            try:
-                conflicts = await later.task
-            except (psycopg.OperationalError, psycopg.InterfaceError):
-                retry.append(later.batch)
-                continue
-            if conflicts:
-                await self._resync(conflicts)
-                retry.append([i for i in later.batch if i.stream_id not in conflicts])
-            else:
-                await self._committed(later.batch, time.perf_counter() - later.started)
+            left = await self._settle(flights.popleft())
+            if left is not None:
+                retry.append(left)
         if self.db_down_since is not None:
             for lane in range(self.lanes):
                 await self._drop(lane)
         for batch in retry:
             if batch:
                 await self._write_until_done(batch, stop)
+
+    async def _settle(self, flight: _Flight) -> list[Item] | None:
+        """Wait for one batch in flight: None once committed and announced, else what of it
+        is still to be written (all of it when PostgreSQL failed, the streams without a
+        conflict when a checkpoint had moved)."""
+        try:
+            conflicts = await flight.task
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._down(exc, len(flight.batch))
+            return flight.batch
+        if conflicts:
+            await self._resync(conflicts)
+            return [i for i in flight.batch if i.stream_id not in conflicts]
+        await self._committed(flight.batch, time.perf_counter() - flight.started)
+        return None
 
     async def _collect(self, stop: asyncio.Event) -> list[Item]:
         # asyncio.timeout rather than wait_for: no task per call (this waits once per burst).
@@ -238,6 +223,14 @@ class Writer:
             # instead: same bytes on the wire, about a tenth of the writer's time per row.
             conn.adapters.register_dumper(None, BytesBinaryDumper)
             self.conns[lane] = conn
+        return conn
+
+    async def _prepare(self, lane: int, batch: list[Item]) -> psycopg.AsyncConnection[object]:
+        """The lane's connection, with the day partitions the batch's events go to."""
+        conn = await self._connect(lane)
+        await self.partitions.ensure(
+            conn, {i.ts.date() for i in batch if isinstance(i, EventRecord)}
+        )
         return conn
 
     async def _drop(self, lane: int) -> None:
@@ -292,10 +285,7 @@ class Writer:
                 delay = min(delay * 2, 5.0)
 
     async def _write(self, batch: list[Item]) -> None:
-        conn = await self._connect(0)
-        await self.partitions.ensure(
-            conn, {i.ts.date() for i in batch if isinstance(i, EventRecord)}
-        )
+        conn = await self._prepare(0, batch)
         t0 = time.perf_counter()
         while batch:
             conflicts = await self._try_commit(conn, batch)
@@ -318,7 +308,7 @@ class Writer:
         `done` is set when this one has."""
         ranges: dict[int, list[int]] = {}  # stream -> [first seq, last seq, events]
         unsequenced: Counter[int] = Counter()
-        for item in batch:  # item_seq_range(), inlined: once per event
+        for item in batch:  # once per event: kept inline
             if isinstance(item, EventRecord):
                 seq = item.seq
                 if seq is None:
