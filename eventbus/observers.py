@@ -351,9 +351,7 @@ class WireConsumerObserver(ConsumerObserver):
     async def _send_pull(self, subject: str, payload: bytes, inbox: str) -> None:
         if self.conn is None:
             return await super()._send_pull(subject, payload, inbox)
-        if self.conn.closed:
-            raise wire.WireError(f"reader connection lost: {self.conn.lost.result()!r}")
-        self.conn.publish(subject, payload, inbox)
+        self.conn.publish(subject, payload, inbox)  # `_relieve()` just checked the connection
 
     async def _relieve(self) -> None:
         if self.conn is None:

@@ -61,12 +61,15 @@ class AckMeta(NamedTuple):
     pending: int
 
 
-def _ack_offset(first: str | bytes, second: str | bytes, n: int) -> int | None:
-    """Where the stream name is in an ack subject of `n` tokens starting with these two."""
-    head = (b"$JS", b"ACK") if isinstance(first, bytes) else ("$JS", "ACK")
-    if first != head[0] or second != head[1]:
+def _ack_offset(tokens: list[str] | list[bytes]) -> int | None:
+    """Where the stream name is among an ack subject's tokens (str or raw bytes), or None."""
+    n = len(tokens)
+    if n != 9 and n < 12:
         return None
-    return 2 if n == 9 else 4 if n >= 12 else None
+    head = (b"$JS", b"ACK") if isinstance(tokens[0], bytes) else ("$JS", "ACK")
+    if tokens[0] != head[0] or tokens[1] != head[1]:
+        return None
+    return 2 if n == 9 else 4
 
 
 def parse_ack_subject(reply: str) -> AckMeta | None:
@@ -77,7 +80,7 @@ def parse_ack_subject(reply: str) -> AckMeta | None:
     .<ts>.<pending>.<token>` (12 or more tokens). Returns None for anything else.
     """
     tokens = reply.split(".")
-    o = _ack_offset(tokens[0], tokens[1], len(tokens)) if len(tokens) > 1 else None
+    o = _ack_offset(tokens)
     if o is None:
         return None
     try:
@@ -124,7 +127,7 @@ def ack_position(reply: bytes) -> tuple[int, int] | None:
     """(stream sequence, stream timestamp in ns) from a delivery's raw reply subject: what the
     tap's hot path needs of `parse_ack_subject`, without building an AckMeta per message."""
     tokens = reply.split(b".")
-    o = _ack_offset(tokens[0], tokens[1], len(tokens)) if len(tokens) > 1 else None
+    o = _ack_offset(tokens)
     if o is None:
         return None
     try:

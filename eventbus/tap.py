@@ -171,9 +171,9 @@ class Tap:
             )
         for name in list(self.observers):
             await self._stop_observer(name)
-        with contextlib.suppress(Exception):
-            await advisories.unsubscribe()
-            await observing.unsubscribe()
+        for sub in (advisories, observing):
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         await tasks[0]  # the writer drains its buffer, then returns
         await self.lease.close()
         if self.db is not None:

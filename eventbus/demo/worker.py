@@ -219,7 +219,7 @@ class Worker:
         key = self._key(msg)
         if await self._seen(key):
             self.stats.duplicates += 1
-            await msg.ack_sync()
+            await self._ack(msg)
             return
         try:
             effects = await self.handler(incoming)
