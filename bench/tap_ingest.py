@@ -52,7 +52,7 @@ from nats.aio.client import Client  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 from nats.js.api import DeliverPolicy  # noqa: E402
 
-from eventbus.embedded import EmbeddedNats, EmbeddedPostgres  # noqa: E402
+from eventbus.embedded import EmbeddedNats, EmbeddedPostgres, terminate  # noqa: E402
 from eventbus.observers import ObserverSettings, WireConsumerObserver, is_tap_consumer  # noqa: E402
 from eventbus.records import Gap  # noqa: E402
 from eventbus.registry import js_api  # noqa: E402
@@ -141,26 +141,12 @@ class Environment:
 
     def stop_profiler(self) -> None:
         proc, self.profiler = self.profiler, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, signal.SIGINT, 30)  # py-spy writes its output on SIGINT
 
     def stop_tap(self) -> None:
         self.stop_profiler()
         proc, self.tap = self.tap, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, signal.SIGTERM, 20)
 
     def close(self) -> None:
         self.stop_tap()
