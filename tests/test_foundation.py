@@ -130,6 +130,7 @@ def test_invisible_characters_from_the_wire_are_shown_as_escapes():
 
     assert visible("odd.\u202eevil") == "odd.\\u202eevil"  # a right-to-left override
     assert visible("a\u200bb\x07") == "a\\u200bb\\u0007"  # zero-width space, a control
+    assert visible("bell\x07") == "bell\\u0007"  # a control in otherwise plain ASCII
     assert visible("ünïcödé.ORDERS") == "ünïcödé.ORDERS"  # ordinary letters stay
     assert visible(None) == ""
 

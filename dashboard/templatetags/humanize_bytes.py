@@ -35,7 +35,7 @@ def visible(value: object) -> str:
     """Text from the wire, with invisible format characters (bidi overrides, zero-width
     joiners, ...) shown as escapes: a subject cannot pass for another one on screen."""
     text = "" if value is None else str(value)
-    if text.isascii():
+    if text.isprintable():  # the common case; False for any control or format character
         return text
     return "".join(
         f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cf", "Cc") else c for c in text
