@@ -400,10 +400,10 @@ class CountingWriter(Writer):
         if isinstance(item, Gap):
             self.gaps += 1
             return True
-        self.count += 1
-        if self.count == 1:
+        if self.count == 0:
             self.clock.start()
-        if self.count == self.n:
+        self.count += item.count
+        if self.count >= self.n:
             self.clock.stop()
             self.done.set()
         return True
@@ -412,7 +412,7 @@ class CountingWriter(Writer):
         self.offer(item)
 
     def free(self) -> int:
-        return self.queue.maxsize
+        return self.buffer_size
 
 
 async def observer_only(nc: Client, stream: str, n: int) -> Rate:

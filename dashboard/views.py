@@ -37,6 +37,19 @@ def overview(request: HttpRequest) -> HttpResponse:
     )
 
 
+def newest_events(stream: Stream, limit: int = 50) -> list[Event]:
+    """A stream's newest events, newest first. Two index scans on (stream_id, seq, ts): by
+    sequence, and by time for events recorded without one (a subject subscription); merged by
+    time. (The event table keeps no B-tree on ts alone: see migration 0006.)"""
+    mine = Event.objects.filter(stream=stream)
+    sequenced = list(mine.filter(seq__isnull=False).order_by("-seq")[:limit])
+    unsequenced = list(mine.filter(seq__isnull=True).order_by("-ts")[:limit])
+    if not unsequenced:
+        return sequenced
+    merged = sorted(sequenced + unsequenced, key=lambda e: (e.ts, e.seq or 0), reverse=True)
+    return merged[:limit]
+
+
 @login_required
 def stream_detail(request: HttpRequest, name: str) -> HttpResponse:
     stream = Stream.objects.filter(name=name, deleted_at__isnull=True).order_by("-created").first()
@@ -45,7 +58,7 @@ def stream_detail(request: HttpRequest, name: str) -> HttpResponse:
         return render(
             request, "dashboard/stream_missing.html", {"name": name, "deleted": deleted}, status=404
         )
-    events = Event.objects.filter(stream=stream).order_by("-ts", "-seq")[:50]
+    events = newest_events(stream)
     checkpoint = Checkpoint.objects.filter(stream=stream).first()
     return render(
         request,

@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import Counter
 from typing import Any
 
+from eventbus.records import NEWEST, pg_micros_to_datetime
 from eventbus.writer import Committed
 
-NEWEST = 20  # newest events carried per digest
 TOP_SUBJECTS = 50
 
 
 def events_digest(committed: Committed, names: dict[int, str]) -> bytes:
-    subjects: Counter[str] = Counter(e.subject for e in committed.events)
     # The newest by stream time among the last ones written: a batch is in arrival order, which
     # is time order per stream, so sorting the whole batch (thousands) would buy nothing.
-    tail = committed.events[-4 * NEWEST :]
-    newest = sorted(tail, key=lambda e: (e.ts, e.seq or 0))[-NEWEST:]
+    newest = sorted(committed.newest, key=lambda e: (e[1][1], e[1][0] or 0))[-NEWEST:]
     body = {
         "kind": "events",
         "streams": {
@@ -33,20 +30,22 @@ def events_digest(committed: Committed, names: dict[int, str]) -> bytes:
             }
             for sid in set(committed.counts) | set(committed.last_seq)
         },
-        "subjects": dict(subjects.most_common(TOP_SUBJECTS)),
-        "subject_count": len(subjects),
+        "subjects": dict(committed.subjects.most_common(TOP_SUBJECTS)),
+        "subject_count": len(committed.subjects),
         "newest": [
             {
-                "stream": names.get(e.stream_id, str(e.stream_id)),
-                "seq": e.seq,
-                "ts": e.ts.isoformat(),
-                "subject": e.subject,
-                "size": e.size,
-                "service": e.service,
-                "trace_id": e.trace_id,
-                "msg_id": e.msg_id,
+                "stream": names.get(sid, str(sid)),
+                "seq": seq,
+                "ts": pg_micros_to_datetime(ts).isoformat(),
+                "subject": subject.decode("utf-8", "replace")
+                if isinstance(subject, bytes)
+                else subject,
+                "size": size,
+                "service": service,
+                "trace_id": trace_id,
+                "msg_id": msg_id,
             }
-            for e in reversed(newest)
+            for sid, (seq, ts, subject, size, service, trace_id, msg_id) in reversed(newest)
         ],
         "gaps": [
             {
@@ -56,7 +55,7 @@ def events_digest(committed: Committed, names: dict[int, str]) -> bytes:
             }
             for g in committed.gaps
         ],
-        "total": len(committed.events),
+        "total": committed.count,
     }
     return json.dumps(body, separators=(",", ":")).encode()
 

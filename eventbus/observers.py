@@ -35,19 +35,24 @@ from eventbus.aio import wait_event
 from eventbus.records import (
     REPUBLISH_SEQUENCE,
     REPUBLISH_TIMESTAMP,
+    Chunk,
+    EventRecord,
     Gap,
     ack_position,
     build_record,
     header,
-    ns_to_datetime,
+    ns_to_pg_micros,
     parse_ack_subject,
     parse_nats_time,
+    pg_micros,
+    plain_subject,
 )
 from eventbus.writer import Item, Writer
 
 log = logging.getLogger("flowscope.observer")
 
 CONSUMER_PREFIX = "flowscope_tap"
+GAP_REASON = "left the stream before the tap read it"
 NS = 1_000_000_000
 
 
@@ -137,28 +142,40 @@ class Observer:
     def _take(
         self,
         seq: int | None,
-        ts: datetime,
+        ts: int,
         subject: str,
         data: bytes,
         headers: dict[str, str] | None,
     ) -> None:
-        """Check continuity, build the record and hand it to the writer, synchronously; what the
-        buffer has no room for waits in `pending`, in order, for `_drain_pending()`."""
+        """One message (`ts` in `pg_micros`): check continuity, encode it and hand it to the
+        writer, synchronously; what the buffer has no room for waits in `pending`, in order,
+        for `_drain_pending()`. (The lean reader does the same a socket read at a time.)"""
         if seq is not None:
             if seq < self.next_seq:
                 return  # already recorded (a re-delivery after we recreated the consumer)
             if seq > self.next_seq:
-                reason = "left the stream before the tap read it"
-                self._offer(Gap(self.stream_id, self.next_seq, seq - 1, reason))
+                self._offer(Gap(self.stream_id, self.next_seq, seq - 1, GAP_REASON))
             self.next_seq = seq + 1
-        self.received += 1
-        self._offer(
-            build_record(
-                stream_id=self.stream_id, seq=seq, ts=ts, subject=subject, data=data,
-                headers=headers, preview_bytes=self.settings.preview_bytes,
-                service_header=self.settings.service_header,
-            )
+        chunk = Chunk(self.stream_id, seq)
+        chunk.add_record(self._build(seq, ts, subject, data, headers))
+        self._hand_over(chunk)
+
+    def _hand_over(self, chunk: Chunk) -> None:
+        chunk.close()
+        self.received += chunk.count
+        self._offer(chunk)
+
+    def _build(
+        self, seq: int | None, ts: int, subject: str, data: bytes, headers: dict[str, str] | None
+    ) -> EventRecord:
+        return build_record(
+            stream_id=self.stream_id, seq=seq, ts=ts, subject=subject, data=data,
+            headers=headers, preview_bytes=self.settings.preview_bytes,
+            service_header=self.settings.service_header,
         )  # fmt: skip
+
+    def pending_events(self) -> int:
+        return sum(item.count for item in self.pending)
 
     def _offer(self, item: Item) -> None:
         if self.pending or not self.writer.offer(item):
@@ -170,7 +187,7 @@ class Observer:
             await self.writer.put(self.pending[0])
             self.pending.popleft()
 
-    async def _record(self, seq: int | None, ts: datetime, subject: str, msg: Msg) -> None:
+    async def _record(self, seq: int | None, ts: int, subject: str, msg: Msg) -> None:
         self._take(seq, ts, subject, msg.data, msg.headers)
         if self.pending:
             await self._drain_pending()
@@ -261,9 +278,9 @@ class ConsumerObserver(Observer):
             if self.requests and now - self.last_activity > max(3 * s.heartbeat, 3.0):
                 raise RuntimeError("no heartbeat from the server: consumer lost")
             outstanding = sum(int(r[0]) for r in self.requests)
-            credit = self.writer.free() - outstanding - len(self.pending)
+            credit = self.writer.free() - outstanding - self.pending_events()
             # ask for a worthwhile amount: many small requests cost the server and us more
-            worthwhile = min(s.batch, 500, max(1, self.writer.queue.maxsize // 4))
+            worthwhile = min(s.batch, 500, max(1, self.writer.buffer_size // 4))
             if len(self.requests) < s.inflight and credit >= worthwhile:
                 batch = min(s.batch, credit)
                 request = {
@@ -317,7 +334,7 @@ class ConsumerObserver(Observer):
         if meta is None:
             return
         self._request_done(1)
-        await self._record(meta.stream_seq, ns_to_datetime(meta.timestamp_ns), msg.subject, msg)
+        await self._record(meta.stream_seq, ns_to_pg_micros(meta.timestamp_ns), msg.subject, msg)
 
 
 class WireConsumerObserver(ConsumerObserver):
@@ -370,8 +387,13 @@ class WireConsumerObserver(ConsumerObserver):
         await super()._cleanup()
 
     def _on_frames(self, frames: list[wire.Frame]) -> None:
+        """What one socket read brought: `_take`'s work for all of it, in one pass into one
+        chunk (or more, split where a gap falls)."""
         self.last_activity = time.monotonic()
         arrived = 0
+        next_seq = self.next_seq
+        preview = self.settings.preview_bytes
+        chunk: Chunk | None = None
         for subject, reply, raw_headers, payload in frames:
             headers: dict[str, str] | None = None
             if raw_headers is not None:
@@ -386,8 +408,26 @@ class WireConsumerObserver(ConsumerObserver):
             if position is None:
                 continue
             arrived += 1
-            self._take(position[0], ns_to_datetime(position[1]),
-                       subject.decode("utf-8", "replace"), payload, headers or None)  # fmt: skip
+            seq = position[0]
+            if seq != next_seq:
+                if seq < next_seq:
+                    continue  # already recorded (a re-delivery after we recreated the consumer)
+                if chunk is not None:
+                    self._hand_over(chunk)
+                    chunk = None
+                self._offer(Gap(self.stream_id, next_seq, seq - 1, GAP_REASON))
+            next_seq = seq + 1
+            if chunk is None:
+                chunk = Chunk(self.stream_id, seq)
+            ts = ns_to_pg_micros(position[1])
+            if headers or not plain_subject(subject):
+                text = subject.decode("utf-8", "replace")
+                chunk.add_record(self._build(seq, ts, text, payload, headers or None))
+            else:
+                chunk.add_plain(seq, ts, subject, payload, preview)
+        if chunk is not None:
+            self._hand_over(chunk)
+        self.next_seq = next_seq
         if arrived:
             self._request_done(arrived)
         if self.pending and self.conn is not None:
@@ -432,7 +472,7 @@ class SubjectObserver(Observer):
     async def _on_msg(self, msg: Msg) -> None:
         if msg.subject.startswith("$JS.") or msg.subject.startswith("_INBOX."):
             return
-        await self._record(None, datetime.now(UTC), msg.subject, msg)
+        await self._record(None, pg_micros(datetime.now(UTC)), msg.subject, msg)
 
 
 class RepublishObserver(Observer):
@@ -463,7 +503,7 @@ class RepublishObserver(Observer):
             return
         ts = parse_nats_time(header(msg.headers, REPUBLISH_TIMESTAMP)) or datetime.now(UTC)
         subject = header(msg.headers, "Nats-Subject") or msg.subject
-        await self._record(int(seq_text), ts, subject, msg)
+        await self._record(int(seq_text), pg_micros(ts), subject, msg)
 
 
 ObserverFactory = Callable[..., Observer]

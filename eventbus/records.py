@@ -1,16 +1,19 @@
 """Pure functions that turn what arrives from NATS into rows: no I/O here.
 
-An `EventRecord` is one stored message as the tap writes it. `Gap` says which sequences the
-tap could not read because they had left the stream first.
+An `EventRecord` is one stored message with its fields parsed. A `Chunk` is what observers hand
+to the writer: consecutive events of one stream, already encoded as rows of PostgreSQL's binary
+COPY format, so the writer sends them as they are. `Gap` says which sequences the tap could not
+read because they had left the stream first.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, ClassVar, NamedTuple
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _ZERO_TRACE = "0" * 32
@@ -27,7 +30,7 @@ REPUBLISH_LAST_SEQUENCE = "Nats-Last-Sequence"
 class EventRecord:
     stream_id: int
     seq: int | None
-    ts: datetime
+    ts: int  # µs since 2000-01-01 UTC, as PostgreSQL's binary timestamptz (`pg_micros`)
     subject: str
     size: int
     headers: dict[str, Any] | None
@@ -45,6 +48,8 @@ class Gap:
     first_seq: int
     last_seq: int
     reason: str
+    count: ClassVar[int] = 0  # events it holds (the writer's buffer counts events)
+    nbytes: ClassVar[int] = 0
 
 
 class AckMeta(NamedTuple):
@@ -136,16 +141,6 @@ def ack_position(reply: bytes) -> tuple[int, int] | None:
         return None
 
 
-_fromtimestamp = datetime.fromtimestamp
-
-
-def ns_to_datetime(ns: int) -> datetime:
-    """A stream timestamp (ns since the epoch) as an aware UTC datetime, to the microsecond
-    (rounded). The float path is the fastest of those measured: 0.66 µs against 1.0 to 2.2 µs for
-    integer arithmetic, timedelta or a per-second cache."""
-    return _fromtimestamp(ns / 1e9, UTC)  # positional tz: half the cost of `tz=UTC`
-
-
 def parse_nats_time(value: str | None) -> datetime | None:
     """The RFC 3339 timestamp in a republished message's Nats-Time-Stamp header."""
     if not value:
@@ -173,7 +168,7 @@ def build_record(
     *,
     stream_id: int,
     seq: int | None,
-    ts: datetime,
+    ts: int,
     subject: str,
     data: bytes,
     headers: dict[str, str] | None,
@@ -209,3 +204,168 @@ def build_record(
 
 def headers_json(headers: dict[str, Any] | None) -> str | None:
     return json.dumps(headers, ensure_ascii=False, separators=(",", ":")) if headers else None
+
+
+# ------------------------------------------------------------------------------------------
+# Rows in PostgreSQL's binary COPY format, for
+#   COPY flowscope_event (stream_id, seq, ts, subject, size, headers, msg_id, trace_id, span_id,
+#                         service, payload, truncated) FROM STDIN (FORMAT BINARY)
+# A row is a 16-bit field count, then per field a 32-bit length (-1: NULL) and the value:
+# int8/int4 big-endian, timestamptz as int8 microseconds since 2000-01-01 UTC, text as UTF-8,
+# jsonb as a version byte (1) and the JSON text, bytea as is, bool as one byte.
+
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+COPY_TRAILER = b"\xff\xff"
+COPY_COLUMNS = 12
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since 1970
+_NULL = b"\xff\xff\xff\xff"
+_FALSE, _TRUE = b"\x00\x00\x00\x01\x00", b"\x00\x00\x00\x01\x01"
+# count, stream_id, seq, ts, the subject's length (its bytes follow)
+_PLAIN_HEAD = struct.Struct("!hiqiqiqi").pack
+# size, headers .. service all NULL, the payload's length (its bytes follow)
+_PLAIN_MID = struct.Struct("!iiiiiiii").pack
+_LEN = struct.Struct("!i").pack
+_INT2 = struct.Struct("!h").pack
+_INT8_FIELD = struct.Struct("!iq").pack
+_INT4_FIELD = struct.Struct("!ii").pack
+MAX_SUBJECT = 1024  # characters kept of a subject
+NEWEST = 20  # the latest events a chunk keeps in parsed form, for the live digest
+
+
+def pg_micros(ts: datetime) -> int:
+    """A datetime as PostgreSQL's binary timestamptz: µs since 2000-01-01 UTC."""
+    delta = ts - _PG_EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def ns_to_pg_micros(ns: int) -> int:
+    """A stream timestamp (ns since 1970) as binary timestamptz, rounded to the microsecond."""
+    return (ns + 500) // 1000 - _PG_EPOCH_US
+
+
+def pg_micros_to_datetime(us: int) -> datetime:
+    return _PG_EPOCH + timedelta(microseconds=us)
+
+
+def _text_field(value: str | None) -> bytes:
+    if value is None:
+        return _NULL
+    data = value.encode("utf-8", "replace")
+    return _LEN(len(data)) + data
+
+
+def encode_record(record: EventRecord) -> bytes:
+    """One binary COPY row for `record`."""
+    parts = [
+        _INT2(COPY_COLUMNS),
+        _INT8_FIELD(8, record.stream_id),
+        _NULL if record.seq is None else _INT8_FIELD(8, record.seq),
+        _INT8_FIELD(8, record.ts),
+        _text_field(record.subject),
+        _INT4_FIELD(4, record.size),
+    ]
+    if record.headers:
+        doc = b"\x01" + headers_json(record.headers).encode("utf-8", "replace")  # type: ignore[union-attr]
+        parts += [_LEN(len(doc)), doc]
+    else:
+        parts.append(_NULL)
+    parts += [
+        _text_field(record.msg_id),
+        _text_field(record.trace_id),
+        _text_field(record.span_id),
+        _text_field(record.service),
+        _LEN(len(record.payload)),
+        record.payload,
+        _TRUE if record.truncated else _FALSE,
+    ]
+    return b"".join(parts)
+
+
+def plain_subject(subject: bytes) -> bool:
+    """True when a subject can be stored as its raw bytes: ASCII, no NUL, not over-long."""
+    return subject.isascii() and len(subject) <= MAX_SUBJECT and b"\x00" not in subject
+
+
+# The latest events of a chunk, for the digest: (seq, ts in pg_micros, subject, size, service,
+# trace id, msg id). The subject is raw bytes from the fast path, else text.
+Recent = tuple[int | None, int, bytes | str, int, str | None, str | None, str | None]
+
+
+class Chunk:
+    """Consecutive events of one stream, in sequence order with no hole between them (a hole is
+    a `Gap` of its own), as binary COPY rows: what an observer hands to the writer in one go.
+    `first_seq` is None for an observer that has no sequences (a subject subscription)."""
+
+    __slots__ = (
+        "count",
+        "first_seq",
+        "hi_ts",
+        "last_seq",
+        "lo_ts",
+        "recent",
+        "rows",
+        "stream_id",
+        "subjects",
+    )  # fmt: skip
+
+    def __init__(self, stream_id: int, first_seq: int | None):
+        self.stream_id = stream_id
+        self.first_seq = first_seq
+        self.last_seq = first_seq
+        self.count = 0
+        self.rows = bytearray()
+        self.subjects: dict[bytes | str, int] = {}  # events per subject
+        self.recent: list[Recent] = []  # trimmed to NEWEST by `close()`
+        self.lo_ts = self.hi_ts = 0  # the oldest and newest event time, in pg_micros
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.rows)
+
+    def add_plain(self, seq: int, ts: int, subject: bytes, payload: bytes, preview: int) -> None:
+        """The common case, kept short (once per event): no headers, a `plain_subject`."""
+        size = len(payload)
+        if size > preview:
+            payload = payload[:preview]
+        rows = self.rows
+        rows += _PLAIN_HEAD(COPY_COLUMNS, 8, self.stream_id, 8, seq, 8, ts, len(subject))
+        rows += subject
+        rows += _PLAIN_MID(4, size, -1, -1, -1, -1, -1, len(payload))
+        rows += payload
+        rows += _TRUE if size > preview else _FALSE
+        self._count(seq, ts, subject, size, None)
+
+    def add_record(self, record: EventRecord) -> None:
+        self.rows += encode_record(record)
+        self._count(record.seq, record.ts, record.subject, record.size, record)
+
+    def _count(
+        self, seq: int | None, ts: int, subject: bytes | str, size: int, rec: EventRecord | None
+    ) -> None:
+        subjects = self.subjects
+        subjects[subject] = subjects.get(subject, 0) + 1
+        if self.count:
+            if ts < self.lo_ts:
+                self.lo_ts = ts
+            elif ts > self.hi_ts:
+                self.hi_ts = ts
+        else:
+            self.lo_ts = self.hi_ts = ts
+        self.count += 1
+        self.last_seq = seq
+        if rec is None:
+            self.recent.append((seq, ts, subject, size, None, None, None))
+        else:
+            self.recent.append((seq, ts, subject, size, rec.service, rec.trace_id, rec.msg_id))
+
+    def close(self) -> None:
+        """Done adding: keep only the newest parsed events."""
+        if len(self.recent) > NEWEST:
+            del self.recent[:-NEWEST]
+
+    def days(self) -> set[date]:
+        """The days (UTC) its events fall on: the partitions they go to."""
+        first = pg_micros_to_datetime(self.lo_ts).date()
+        last = pg_micros_to_datetime(self.hi_ts).date()
+        return {first + timedelta(days=d) for d in range((last - first).days + 1)}

@@ -27,33 +27,30 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import psycopg
-from psycopg.types.json import Jsonb
-from psycopg.types.string import BytesBinaryDumper
 
 from eventbus.partitions import Partitions
-from eventbus.records import EventRecord, Gap
+from eventbus.records import COPY_SIGNATURE, COPY_TRAILER, NEWEST, Chunk, Gap, Recent
 
 log = logging.getLogger("flowscope.writer")
 
-Item = EventRecord | Gap
+Item = Chunk | Gap
 COPY_SQL = (
     "COPY flowscope_event (stream_id, seq, ts, subject, size, headers, msg_id, trace_id, "
     "span_id, service, payload, truncated) FROM STDIN (FORMAT BINARY)"
 )
-COPY_TYPES = [
-    "int8", "int8", "timestamptz", "text", "int4", "jsonb", "text", "varchar", "varchar",
-    "text", "bytea", "bool",
-]  # fmt: skip
 
 
 @dataclass
 class Committed:
     """What one committed batch wrote: the tap announces it as a digest."""
 
-    events: list[EventRecord]
+    count: int  # events
     gaps: list[Gap]
     last_seq: dict[int, int] = field(default_factory=dict)
-    counts: Counter[int] = field(default_factory=Counter)
+    counts: Counter[int] = field(default_factory=Counter)  # events per stream id
+    subjects: Counter[str] = field(default_factory=Counter)  # events per subject
+    # (stream id, event) of the latest events, oldest first
+    newest: list[tuple[int, Recent]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -73,6 +70,7 @@ class Writer:
         database_url: str,
         *,
         buffer_size: int = 20_000,
+        buffer_bytes: int = 64 * 1024 * 1024,
         batch_size: int = 5_000,
         flush_interval: float = 0.25,
         linger: float = 0.02,
@@ -81,7 +79,15 @@ class Writer:
         lanes: int = 3,
     ):
         self.database_url = database_url
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(buffer_size)
+        # The buffer: items in order, bounded in events and in bytes (a chunk is let in whole
+        # when the buffer is empty, so one larger than the bound still passes).
+        self.items: deque[Item] = deque()
+        self.buffer_size = buffer_size
+        self.buffer_bytes = buffer_bytes
+        self.held = 0  # events in the buffer
+        self.held_bytes = 0
+        self.arrived = asyncio.Event()  # set when an item is added
+        self.room = asyncio.Event()  # set when items are taken
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         # How long a batch waits for more events after its first: short, so a quiet stream's
@@ -98,29 +104,42 @@ class Writer:
         self.written = 0
 
     async def put(self, item: Item) -> None:
-        if self.queue.full():  # backpressure: wait until the writer has taken a batch
-            await self.queue.put(item)
-        else:  # the common case, without `Queue.put`'s extra coroutine (once per message)
-            self.queue.put_nowait(item)
+        """Buffer `item`, waiting for room first if need be (backpressure)."""
+        while not self.offer(item):
+            self.room.clear()
+            await self.room.wait()
 
     def offer(self, item: Item) -> bool:
-        """Buffer `item` if there is room (no coroutine: this runs once per event); False when
+        """Buffer `item` if there is room (no coroutine: this runs once per chunk); False when
         the buffer is full, and the caller must `await put(item)`."""
-        if self.queue.full():
+        if self.held and (
+            self.held + item.count > self.buffer_size
+            or self.held_bytes + item.nbytes > self.buffer_bytes
+        ):
             return False
-        self.queue.put_nowait(item)
+        self.items.append(item)
+        self.held += item.count
+        self.held_bytes += item.nbytes
+        self.arrived.set()
         return True
 
     def free(self) -> int:
-        return self.queue.maxsize - self.queue.qsize()
+        """Room in the buffer, in events."""
+        return max(0, self.buffer_size - self.held)
+
+    def _take(self) -> Item:
+        item = self.items.popleft()
+        self.held -= item.count
+        self.held_bytes -= item.nbytes
+        return item
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush until `stop` is set and the buffer is empty."""
         flights: deque[_Flight] = deque()
         try:
-            while not (stop.is_set() and self.queue.empty()):
+            while not (stop.is_set() and not self.items):
                 # Nothing to batch yet, or the oldest batch is done: land (and announce) it now.
-                while flights and (flights[0].task.done() or self.queue.empty()):
+                while flights and (flights[0].task.done() or not self.items):
                     await self._land(flights, stop)
                 batch = await self._collect(stop)  # while the batches in flight are written
                 if not batch:
@@ -189,28 +208,34 @@ class Writer:
         return None
 
     async def _collect(self, stop: asyncio.Event) -> list[Item]:
-        # asyncio.timeout rather than wait_for: no task per call (this waits once per burst).
-        try:
-            async with asyncio.timeout(self.flush_interval):
-                first = await self.queue.get()
-        except TimeoutError:
-            return []
-        batch = [first]
+        """The next batch: what the buffer holds, up to `batch_size` events, waiting up to
+        `linger` after the first item for more."""
+        if not self.items:
+            self.arrived.clear()
+            # asyncio.timeout rather than wait_for: no task per call (this waits once per burst).
+            try:
+                async with asyncio.timeout(self.flush_interval):
+                    await self.arrived.wait()
+            except TimeoutError:
+                return []
+        batch: list[Item] = []
+        events = 0
         deadline = time.monotonic() + self.linger
-        queue, size = self.queue, self.batch_size
-        while len(batch) < size:
-            take = min(size - len(batch), queue.qsize())
-            if take:
-                batch.extend([queue.get_nowait() for _ in range(take)])
+        while True:
+            while self.items and events < self.batch_size:
+                item = self._take()
+                batch.append(item)
+                events += item.count
+            self.room.set()
             remaining = deadline - time.monotonic()
-            if len(batch) >= size or remaining <= 0 or stop.is_set():
-                break
+            if events >= self.batch_size or remaining <= 0 or stop.is_set():
+                return batch
+            self.arrived.clear()
             try:
                 async with asyncio.timeout(remaining):
-                    batch.append(await queue.get())
+                    await self.arrived.wait()
             except TimeoutError:
-                break
-        return batch
+                return batch
 
     async def _connect(self, lane: int = 0) -> psycopg.AsyncConnection[object]:
         conn = self.conns[lane]
@@ -218,19 +243,17 @@ class Writer:
             conn = await psycopg.AsyncConnection.connect(
                 self.database_url, application_name="flowscope-tap-writer", connect_timeout=5
             )
-            # COPY's set_types() picks dumpers by type oid, and for bytea that is psycopg's
-            # pure-Python DB-API `Binary` dumper; register the plain (C) bytes dumper by oid
-            # instead: same bytes on the wire, about a tenth of the writer's time per row.
-            conn.adapters.register_dumper(None, BytesBinaryDumper)
             self.conns[lane] = conn
         return conn
 
     async def _prepare(self, lane: int, batch: list[Item]) -> psycopg.AsyncConnection[object]:
         """The lane's connection, with the day partitions the batch's events go to."""
         conn = await self._connect(lane)
-        await self.partitions.ensure(
-            conn, {i.ts.date() for i in batch if isinstance(i, EventRecord)}
-        )
+        days = set()
+        for item in batch:
+            if isinstance(item, Chunk) and item.count:
+                days |= item.days()
+        await self.partitions.ensure(conn, days)
         return conn
 
     async def _drop(self, lane: int) -> None:
@@ -246,7 +269,7 @@ class Writer:
                 "PostgreSQL unavailable (%s): holding %d events and pausing NATS reads "
                 "until it is back",
                 text.splitlines()[0] if text else type(exc).__name__,
-                holding + self.queue.qsize(),
+                holding + self.held,
             )
 
     async def _resync(self, conflicts: set[int]) -> None:
@@ -266,7 +289,7 @@ class Writer:
             self.db_down_since = None
         committed = summarize(batch)
         committed.seconds = seconds
-        self.written += len(committed.events)
+        self.written += committed.count
         if self.on_commit:
             await self.on_commit(committed)
 
@@ -308,13 +331,12 @@ class Writer:
         `done` is set when this one has."""
         ranges: dict[int, list[int]] = {}  # stream -> [first seq, last seq, events]
         unsequenced: Counter[int] = Counter()
-        for item in batch:  # once per event: kept inline
-            if isinstance(item, EventRecord):
-                seq = item.seq
-                if seq is None:
-                    unsequenced[item.stream_id] += 1
+        for item in batch:
+            if isinstance(item, Chunk):
+                if item.first_seq is None or item.last_seq is None:
+                    unsequenced[item.stream_id] += item.count
                     continue
-                first, last, n = seq, seq, 1
+                first, last, n = item.first_seq, item.last_seq, item.count
             else:
                 first, last, n = item.first_seq, item.last_seq, 0
             span = ranges.get(item.stream_id)
@@ -326,16 +348,13 @@ class Writer:
         conflicts: set[int] = set()
         try:
             async with conn.transaction(), conn.cursor() as cur:
+                # The rows are already in COPY's binary format: sent as they are.
                 async with cur.copy(COPY_SQL) as copy:
-                    copy.set_types(COPY_TYPES)
-                    write_row = copy.write_row
+                    await copy.write(COPY_SIGNATURE)
                     for i in batch:
-                        if isinstance(i, EventRecord):
-                            await write_row(
-                                (i.stream_id, i.seq, i.ts, i.subject, i.size,
-                                 Jsonb(i.headers) if i.headers else None, i.msg_id,
-                                 i.trace_id, i.span_id, i.service, i.payload, i.truncated)
-                            )  # fmt: skip
+                        if isinstance(i, Chunk) and i.rows:
+                            await copy.write(i.rows)
+                    await copy.write(COPY_TRAILER)
                 gaps = [i for i in batch if isinstance(i, Gap)]
                 if gaps:
                     await cur.executemany(
@@ -369,15 +388,20 @@ class Writer:
 
 
 def summarize(batch: list[Item]) -> Committed:
-    events: list[EventRecord] = []
     gaps: list[Gap] = []
     last: dict[int, int] = {}
     counts: Counter[int] = Counter()
-    for i in batch:  # one pass: this runs once per event
-        if isinstance(i, EventRecord):
-            events.append(i)
-            counts[i.stream_id] += 1
-            seq = i.seq
+    subjects: Counter[str] = Counter()
+    total = 0
+    for i in batch:  # once per chunk
+        if isinstance(i, Chunk):
+            total += i.count
+            counts[i.stream_id] += i.count
+            for subject, n in i.subjects.items():
+                if isinstance(subject, bytes):
+                    subject = subject.decode("utf-8", "replace")
+                subjects[subject] += n
+            seq = i.last_seq
             if seq is None:
                 continue
         else:
@@ -387,4 +411,14 @@ def summarize(batch: list[Item]) -> Committed:
             last[i.stream_id] = seq
         else:
             last.setdefault(i.stream_id, 0)
-    return Committed(events=events, gaps=gaps, last_seq=last, counts=counts)
+    newest: list[tuple[int, Recent]] = []
+    for i in reversed(batch):
+        if isinstance(i, Chunk):
+            for recent in reversed(i.recent):
+                newest.append((i.stream_id, recent))
+                if len(newest) == NEWEST * 4:
+                    break
+        if len(newest) == NEWEST * 4:
+            break
+    newest.reverse()
+    return Committed(total, gaps, last, counts, subjects, newest)

@@ -143,3 +143,38 @@ def test_log_out_ends_the_session(client, django_user_model):
     response = client.post("/logout/")  # what the nav's "Log out" button sends
     assert response.status_code == 302
     assert client.get("/").status_code == 302  # back to the login page
+
+
+def test_a_streams_newest_events_come_by_sequence_and_by_time_without_one(db):
+    """The stream page's newest events: sequenced ones by seq, ones without a sequence (a
+    subject subscription) by time, merged newest first."""
+    from datetime import UTC, datetime, timedelta
+
+    from django.db import connection
+
+    from dashboard.models import Event, Stream
+    from dashboard.views import newest_events
+    from eventbus.partitions import partition_name
+
+    t0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    with connection.cursor() as cur:
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {partition_name(t0.date())} PARTITION OF "
+            "flowscope_event FOR VALUES FROM (%s) TO (%s)",
+            [t0.replace(hour=0), t0.replace(hour=0) + timedelta(days=1)],
+        )
+    stream = Stream.objects.create(name="MIXED", created=t0, retention="workqueue")
+    other = Stream.objects.create(name="OTHER", created=t0, retention="limits")
+
+    def event(s: Stream, seq: int | None, minute: int) -> None:
+        Event.objects.create(stream=s, seq=seq, ts=t0 + timedelta(minutes=minute), subject="x",
+                             size=0, payload=b"", recorded_at=t0)  # fmt: skip
+
+    for i in range(5):
+        event(stream, None, i)  # minutes 0..4, as published
+    for seq in range(1, 4):
+        event(stream, seq, 10 + seq)  # minutes 11..13, republished later with sequences
+    event(other, 99, 30)
+    got = [(e.seq, e.ts.minute) for e in newest_events(stream, limit=6)]
+    assert got == [(3, 13), (2, 12), (1, 11), (None, 4), (None, 3), (None, 2)]
+    assert [e.seq for e in newest_events(other)] == [99]

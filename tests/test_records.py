@@ -6,14 +6,21 @@ from eventbus.lease import share, stream_key
 from eventbus.observers import choose_observer, republish_pattern
 from eventbus.partitions import parse_retention, partition_name
 from eventbus.records import (
+    Chunk,
     ack_position,
     build_record,
+    encode_record,
+    ns_to_pg_micros,
     parse_ack_subject,
     parse_nats_time,
     parse_traceparent,
+    pg_micros,
+    pg_micros_to_datetime,
+    plain_subject,
 )
 
 TS = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+TS_PG = pg_micros(TS)
 
 
 def test_ack_subject_plain_form():
@@ -56,11 +63,12 @@ def test_traceparent_invalid_values_are_ignored():
 
 def test_record_keeps_a_bounded_byte_exact_preview():
     data = bytes(range(256)) * 10
-    rec = build_record(stream_id=1, seq=5, ts=TS, subject="a.b", data=data, headers=None,
+    rec = build_record(stream_id=1, seq=5, ts=TS_PG, subject="a.b", data=data, headers=None,
                        preview_bytes=1000, service_header="Flowscope-Service")  # fmt: skip
     assert rec.size == 2560 and rec.payload == data[:1000] and rec.truncated
-    small = build_record(stream_id=1, seq=6, ts=TS, subject="a.b", data=b"\xff\xfe", headers=None,
-                         preview_bytes=1000, service_header="Flowscope-Service")  # fmt: skip
+    small = build_record(stream_id=1, seq=6, ts=TS_PG, subject="a.b", data=b"\xff\xfe",
+                         headers=None, preview_bytes=1000,
+                         service_header="Flowscope-Service")  # fmt: skip
     assert small.payload == b"\xff\xfe" and not small.truncated
 
 
@@ -71,7 +79,7 @@ def test_record_reads_headers_case_insensitively_and_strips_nul():
         "flowscope-service": "orders",
         "X-Odd": "a\x00b",
     }
-    rec = build_record(stream_id=1, seq=1, ts=TS, subject="s\x00", data=b"", headers=headers,
+    rec = build_record(stream_id=1, seq=1, ts=TS_PG, subject="s\x00", data=b"", headers=headers,
                        preview_bytes=10, service_header="Flowscope-Service")  # fmt: skip
     assert rec.trace_id == "0af7651916cd43dd8448eb211c80319c" and rec.span_id == "b7ad6b7169203331"
     assert rec.msg_id == "order-1" and rec.service == "orders"
@@ -130,13 +138,65 @@ def test_ack_position_agrees_with_parse_ack_subject():
         assert ack_position(bad.encode()) is None, bad
 
 
-def test_ns_to_datetime_is_utc_to_the_microsecond():
-    from datetime import UTC, datetime
+def test_stream_time_to_postgres_microseconds():
+    assert ns_to_pg_micros(1_764_000_000_123_456_789) == pg_micros(
+        datetime(2025, 11, 24, 16, 0, 0, 123457, tzinfo=UTC)
+    )  # rounded to the microsecond
+    assert ns_to_pg_micros(1_764_000_001_000_000_000) == pg_micros(
+        datetime(2025, 11, 24, 16, 0, 1, tzinfo=UTC)
+    )
+    assert ns_to_pg_micros(946_684_800 * 10**9) == 0  # PostgreSQL's epoch
+    assert pg_micros_to_datetime(TS_PG) == TS
 
-    from eventbus.records import ns_to_datetime
 
-    got = ns_to_datetime(1764000000123456789)
-    assert abs(got - datetime(2025, 11, 24, 16, 0, 0, 123457, tzinfo=UTC)).total_seconds() <= 1e-6
-    assert ns_to_datetime(1764000001000000000) == datetime(2025, 11, 24, 16, 0, 1, tzinfo=UTC)
-    assert ns_to_datetime(0) == datetime(1970, 1, 1, tzinfo=UTC)
-    assert ns_to_datetime(1764000000123456789).tzinfo is UTC
+def test_plain_rows_match_the_general_encoder():
+    """The fast path (no headers, plain subject) writes the very bytes the general one does."""
+    for data, preview in ((b"x" * 10, 64), (bytes(range(256)) * 4, 100), (b"", 8)):
+        fast = Chunk(7, 41)
+        fast.add_plain(41, TS_PG, b"orders.created", data, preview)
+        rec = build_record(stream_id=7, seq=41, ts=TS_PG, subject="orders.created", data=data,
+                           headers=None, preview_bytes=preview,
+                           service_header="Flowscope-Service")  # fmt: skip
+        assert bytes(fast.rows) == encode_record(rec)
+        assert fast.count == 1 and fast.first_seq == fast.last_seq == 41
+
+
+def test_chunk_bookkeeping():
+    chunk = Chunk(3, 10)
+    for i in range(30):
+        chunk.add_plain(10 + i, TS_PG + i * 86_400_000_000 // 2, f"s.{i % 3}".encode(), b"p", 64)
+    chunk.close()
+    assert (chunk.count, chunk.first_seq, chunk.last_seq) == (30, 10, 39)
+    assert chunk.subjects == {b"s.0": 10, b"s.1": 10, b"s.2": 10}
+    assert [r[0] for r in chunk.recent] == list(range(20, 40))  # the newest, in order
+    assert chunk.days() == {TS.date() + timedelta(days=d) for d in range(15)}  # 14.5 days
+
+
+def test_plain_subject():
+    assert plain_subject(b"orders.created")
+    assert not plain_subject("ordres.\u00e9".encode())  # decoded and cleaned instead
+    assert not plain_subject(b"a\x00b")
+    assert not plain_subject(b"a" * 1025)
+
+
+def test_the_writers_buffer_is_bounded_in_events_and_in_bytes():
+    from eventbus.records import Gap
+    from eventbus.writer import Writer
+
+    def chunk(events: int, payload: int) -> Chunk:
+        c = Chunk(1, 1)
+        for i in range(events):
+            c.add_plain(1 + i, TS_PG, b"s", b"x" * payload, 1 << 20)
+        return c
+
+    writer = Writer("postgresql://unused", buffer_size=10, buffer_bytes=10_000)
+    assert writer.offer(chunk(6, 10)) and writer.free() == 4
+    assert not writer.offer(chunk(5, 10))  # 11 events
+    assert writer.offer(chunk(4, 10)) and writer.free() == 0
+    assert writer.offer(Gap(1, 1, 2, "gone"))  # holds no event
+    writer = Writer("postgresql://unused", buffer_size=10, buffer_bytes=10_000)
+    assert writer.offer(chunk(1, 6_000))
+    assert not writer.offer(chunk(1, 6_000))  # 12 KB
+    writer = Writer("postgresql://unused", buffer_size=10, buffer_bytes=10_000)
+    assert writer.offer(chunk(20, 1_000))  # larger than both bounds, into an empty buffer
+    assert writer.held == 20 and writer.free() == 0

@@ -303,7 +303,7 @@ async def test_a_slow_database_stops_reads_instead_of_growing_memory(
         await asyncio.sleep(2)  # the writer is stuck behind the lock meanwhile
         observer = tap.observers[stream]
         # Bounded: the buffer, one batch in the writer's hands, and what was requested.
-        assert tap.writer.queue.qsize() <= buffer_size
+        assert tap.writer.held <= buffer_size
         assert observer.received <= buffer_size + 100 + 3 * 1000
         assert observer.received < n
         await blocker.rollback()
