@@ -347,6 +347,7 @@ class WireConsumerObserver(ConsumerObserver):
         super().__init__(*args, **kwargs)
         self.conn: wire.WireConnection | None = None
         self.fallback = False
+        self.plain_subjects: dict[bytes, bool] = {}  # subject -> `plain_subject(subject)`
 
     async def _open(self) -> str:
         if self.fallback:
@@ -394,6 +395,7 @@ class WireConsumerObserver(ConsumerObserver):
         next_seq = self.next_seq
         preview = self.settings.preview_bytes
         chunk: Chunk | None = None
+        plain = self.plain_subjects
         for subject, reply, raw_headers, payload in frames:
             headers: dict[str, str] | None = None
             if raw_headers is not None:
@@ -408,7 +410,7 @@ class WireConsumerObserver(ConsumerObserver):
             if position is None:
                 continue
             arrived += 1
-            seq = position[0]
+            seq, ts_ns = position
             if seq != next_seq:
                 if seq < next_seq:
                     continue  # already recorded (a re-delivery after we recreated the consumer)
@@ -419,8 +421,13 @@ class WireConsumerObserver(ConsumerObserver):
             next_seq = seq + 1
             if chunk is None:
                 chunk = Chunk(self.stream_id, seq)
-            ts = ns_to_pg_micros(position[1])
-            if headers or not plain_subject(subject):
+            ts = ns_to_pg_micros(ts_ns)
+            is_plain = plain.get(subject)
+            if is_plain is None:
+                if len(plain) > 10_000:
+                    plain.clear()
+                is_plain = plain[subject] = plain_subject(subject)
+            if headers or not is_plain:
                 text = subject.decode("utf-8", "replace")
                 chunk.add_record(self._build(seq, ts, text, payload, headers or None))
             else:

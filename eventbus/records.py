@@ -334,7 +334,18 @@ class Chunk:
         rows += _PLAIN_MID(4, size, -1, -1, -1, -1, -1, len(payload))
         rows += payload
         rows += _TRUE if size > preview else _FALSE
-        self._count(seq, ts, subject, size, None)
+        # `_count`, inline
+        subjects = self.subjects
+        subjects[subject] = subjects.get(subject, 0) + 1
+        if not self.count:
+            self.lo_ts = self.hi_ts = ts
+        elif ts > self.hi_ts:
+            self.hi_ts = ts
+        elif ts < self.lo_ts:
+            self.lo_ts = ts
+        self.count += 1
+        self.last_seq = seq
+        self.recent.append((seq, ts, subject, size, None, None, None))
 
     def add_record(self, record: EventRecord) -> None:
         self.rows += encode_record(record)
