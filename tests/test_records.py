@@ -200,3 +200,29 @@ def test_the_writers_buffer_is_bounded_in_events_and_in_bytes():
     writer = Writer("postgresql://unused", buffer_size=10, buffer_bytes=10_000)
     assert writer.offer(chunk(20, 1_000))  # larger than both bounds, into an empty buffer
     assert writer.held == 20 and writer.free() == 0
+
+
+def test_headers_json_is_the_json_of_the_headers():
+    import json
+
+    from eventbus.records import headers_json
+
+    odd = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        'Quote"Back\\slash': 'say "hi"\\n',
+        "Ctl": "\x01\x1f\t\r\n",
+        "Unicode": "é ✓ \u2028 \U0001f600",
+        "Html": "<script>alert(1)</script>",
+    }
+    assert json.loads(headers_json(odd) or "") == odd
+    assert headers_json(None) is None and headers_json({}) is None
+
+
+def test_header_names_match_exact_first_then_in_any_case():
+    headers = {"TraceParent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+               "traceparent": "00-" + "3" * 32 + "-" + "4" * 16 + "-01",
+               "NATS-MSG-ID": "a", "nats-msg-id": "b"}  # fmt: skip
+    rec = build_record(stream_id=1, seq=1, ts=TS_PG, subject="s", data=b"", headers=headers,
+                       preview_bytes=10, service_header="Flowscope-Service")  # fmt: skip
+    assert rec.trace_id == "3" * 32  # the exact name
+    assert rec.msg_id == "a"  # no exact match: the first in any case
