@@ -8,13 +8,15 @@ Otherwise another tap (or an earlier incarnation of this one) wrote those sequen
 items for that stream are dropped and its observer is told to resume from the stored checkpoint.
 That guard is what makes the table exactly-once across crashes, restarts and tap hand-overs.
 
+Observers hand over `Chunk`s: events already encoded as binary COPY rows, sent as they are.
 Up to three batches are in flight at once, each on its own connection, so PostgreSQL works on
-them while the tap reads and formats the next. Each transaction COPYs its rows first and checks
+them while the tap reads and encodes the next. Each transaction COPYs its rows first and checks
 its checkpoint guards only once the batch before it has ended (committed or rolled back), so the
 guards still apply in batch order and see what the earlier batch committed. Digests go out in
 batch order. When a write fails (PostgreSQL gone) or meets a moved checkpoint, the writer lets
 what is in flight settle, then writes what is left one batch at a time, in order. Memory stays
-bounded: the buffer plus the batches in flight.
+bounded: the buffer (in events and in bytes) plus the batches in flight (each at most
+`batch_size` events or a quarter of the buffer's bytes, give or take one chunk).
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class Writer:
         self.arrived = asyncio.Event()  # set when an item is added
         self.room = asyncio.Event()  # set when items are taken
         self.batch_size = batch_size
+        self.batch_bytes = max(1, buffer_bytes // 4)  # large payloads: a batch ends sooner
         self.flush_interval = flush_interval
         # How long a batch waits for more events after its first: short, so a quiet stream's
         # events are written within milliseconds; under load the buffer already holds a full
@@ -219,16 +222,18 @@ class Writer:
             except TimeoutError:
                 return []
         batch: list[Item] = []
-        events = 0
+        events = nbytes = 0
         deadline = time.monotonic() + self.linger
         while True:
-            while self.items and events < self.batch_size:
+            while self.items and events < self.batch_size and nbytes < self.batch_bytes:
                 item = self._take()
                 batch.append(item)
                 events += item.count
+                nbytes += item.nbytes
             self.room.set()
             remaining = deadline - time.monotonic()
-            if events >= self.batch_size or remaining <= 0 or stop.is_set():
+            full = events >= self.batch_size or nbytes >= self.batch_bytes
+            if full or remaining <= 0 or stop.is_set():
                 return batch
             self.arrived.clear()
             try:

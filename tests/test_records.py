@@ -226,3 +226,26 @@ def test_header_names_match_exact_first_then_in_any_case():
                        preview_bytes=10, service_header="Flowscope-Service")  # fmt: skip
     assert rec.trace_id == "3" * 32  # the exact name
     assert rec.msg_id == "a"  # no exact match: the first in any case
+
+
+async def test_a_batch_ends_at_its_event_or_byte_bound():
+    import asyncio
+
+    from eventbus.writer import Writer
+
+    def chunk(events: int, payload: int) -> Chunk:
+        c = Chunk(1, 1)
+        for i in range(events):
+            c.add_plain(1 + i, TS_PG, b"s", b"x" * payload, 1 << 20)
+        return c
+
+    stop = asyncio.Event()
+    writer = Writer("postgresql://unused", buffer_size=1000, batch_size=10, linger=0.0)
+    for _ in range(5):
+        assert writer.offer(chunk(4, 10))
+    assert [c.count for c in await writer._collect(stop)] == [4, 4, 4]  # 12 >= 10 events
+    writer = Writer("postgresql://unused", buffer_size=1000, buffer_bytes=40_000, linger=0.0)
+    for _ in range(6):
+        assert writer.offer(chunk(1, 4_000))
+    batch = await writer._collect(stop)  # 10,000 bytes a batch: three chunks of 4 KB and more
+    assert len(batch) == 3 and writer.held == 3
