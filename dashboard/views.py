@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count
+from django.db.models import Count, QuerySet
 from django.db.models.functions import Lower
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -37,13 +37,20 @@ def overview(request: HttpRequest) -> HttpResponse:
     )
 
 
+def newest_queries(stream: Stream, limit: int) -> tuple[QuerySet[Event], QuerySet[Event]]:
+    mine = Event.objects.filter(stream=stream)
+    return (
+        mine.filter(seq__isnull=False).order_by("-seq")[:limit],
+        # "-seq" too, though all are NULL: it makes the order a backward scan of the index
+        mine.filter(seq__isnull=True).order_by("-seq", "-ts")[:limit],
+    )
+
+
 def newest_events(stream: Stream, limit: int = 50) -> list[Event]:
     """A stream's newest events, newest first. Two index scans on (stream_id, seq, ts): by
     sequence, and by time for events recorded without one (a subject subscription); merged by
     time. (The event table keeps no B-tree on ts alone: see migration 0006.)"""
-    mine = Event.objects.filter(stream=stream)
-    sequenced = list(mine.filter(seq__isnull=False).order_by("-seq")[:limit])
-    unsequenced = list(mine.filter(seq__isnull=True).order_by("-ts")[:limit])
+    sequenced, unsequenced = (list(q) for q in newest_queries(stream, limit))
     if not unsequenced:
         return sequenced
     merged = sorted(sequenced + unsequenced, key=lambda e: (e.ts, e.seq or 0), reverse=True)

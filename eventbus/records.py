@@ -107,9 +107,11 @@ def parse_traceparent(value: str | None) -> tuple[str, str] | None:
     """(trace_id, span_id) from a W3C `traceparent` value, or None if it is not valid."""
     if not value:
         return None
-    match = _TRACEPARENT.match(value.strip().lower())
+    match = _TRACEPARENT.match(value)  # the usual, canonical form first
     if not match:
-        return None
+        match = _TRACEPARENT.match(value.strip().lower())
+        if not match:
+            return None
     version, trace_id, span_id, _flags = match.groups()
     if version == "ff" or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
@@ -182,30 +184,32 @@ def build_record(
             None, bytes(data[:preview_bytes]), len(data) > preview_bytes,
         )  # fmt: skip
     # Names are matched case-insensitively (`traceparent` may arrive in any case), an exact
-    # match first, as `header()` does.
-    lowered = {k.lower(): v for k, v in reversed(headers.items())}  # the first one wins
-
-    def get(name: str) -> str | None:
-        value = headers.get(name)
-        return lowered.get(name.lower()) if value is None else value
-
-    trace = parse_traceparent(get("traceparent"))
-    msg_id = get("Nats-Msg-Id")
-    service = get(service_header)
+    # match first, as `header()` does; the first of several in other cases wins.
+    lowered = {k.lower(): v for k, v in reversed(headers.items())}
+    trace_text = headers.get("traceparent")
+    if trace_text is None:
+        trace_text = lowered.get("traceparent")
+    msg_id = headers.get("Nats-Msg-Id")
+    if msg_id is None:
+        msg_id = lowered.get("nats-msg-id")
+    service = headers.get(service_header)
+    if service is None:
+        service = lowered.get(service_header.lower())
+    trace = parse_traceparent(trace_text)
+    stored = headers
+    for k, v in headers.items():  # cleaned only when something needs it (rare)
+        if len(k) > 256 or len(v) > 4096 or "\x00" in k or "\x00" in v:
+            stored = {clean_text(k, 256): clean_text(str(v)) for k, v in headers.items()}
+            break
     return EventRecord(
-        stream_id=stream_id,
-        seq=seq,
-        ts=ts,
-        subject=clean_text(subject, 1024),
-        size=len(data),
-        headers={clean_text(k, 256): clean_text(str(v)) for k, v in headers.items()},
-        msg_id=clean_text(msg_id, 1024) if msg_id else None,
-        trace_id=trace[0] if trace else None,
-        span_id=trace[1] if trace else None,
-        service=clean_text(service, 256) if service else None,
-        payload=bytes(data[:preview_bytes]),
-        truncated=len(data) > preview_bytes,
-    )
+        stream_id, seq, ts, clean_text(subject, 1024), len(data), stored,
+        clean_text(msg_id, 1024) if msg_id else None,
+        trace[0] if trace else None,
+        trace[1] if trace else None,
+        clean_text(service, 256) if service else None,
+        bytes(data[:preview_bytes]),
+        len(data) > preview_bytes,
+    )  # fmt: skip
 
 
 def headers_json(headers: dict[str, Any] | None) -> str | None:
@@ -233,6 +237,8 @@ COPY_TRAILER = b"\xff\xff"
 COPY_COLUMNS = 12
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since 1970
+_PG_EPOCH_DAY = _PG_EPOCH.date()
+_DAY_US = 86_400_000_000
 _NULL = b"\xff\xff\xff\xff"
 _FALSE, _TRUE = b"\x00\x00\x00\x01\x00", b"\x00\x00\x00\x01\x01"
 # count, stream_id, seq, ts, the subject's length (its bytes follow)
@@ -242,6 +248,9 @@ _PLAIN_MID = struct.Struct("!iiiiiiii").pack
 _LEN = struct.Struct("!i").pack
 _INT2 = struct.Struct("!h").pack
 _INT8_FIELD = struct.Struct("!iq").pack
+_HEAD = struct.Struct("!hiq").pack  # count, stream_id
+_SEQ_HEAD = struct.Struct("!hiqiq").pack  # count, stream_id, seq
+_FOUR_NULLS = _NULL * 4  # msg_id, trace_id, span_id, service
 _INT4_FIELD = struct.Struct("!ii").pack
 MAX_SUBJECT = 1024  # characters kept of a subject
 NEWEST = 20  # the latest events a chunk keeps in parsed form, for the live digest
@@ -271,28 +280,31 @@ def _text_field(value: str | None) -> bytes:
 
 def encode_record(record: EventRecord) -> bytes:
     """One binary COPY row for `record`."""
+    seq = record.seq
     parts = [
-        _INT2(COPY_COLUMNS),
-        _INT8_FIELD(8, record.stream_id),
-        _NULL if record.seq is None else _INT8_FIELD(8, record.seq),
+        _HEAD(COPY_COLUMNS, 8, record.stream_id) if seq is None else
+        _SEQ_HEAD(COPY_COLUMNS, 8, record.stream_id, 8, seq),
         _INT8_FIELD(8, record.ts),
         _text_field(record.subject),
         _INT4_FIELD(4, record.size),
-    ]
+    ]  # fmt: skip
+    if seq is None:
+        parts.insert(1, _NULL)
     if record.headers:
         doc = b"\x01" + headers_json(record.headers).encode("utf-8", "replace")  # type: ignore[union-attr]
         parts += [_LEN(len(doc)), doc]
     else:
         parts.append(_NULL)
-    parts += [
-        _text_field(record.msg_id),
-        _text_field(record.trace_id),
-        _text_field(record.span_id),
-        _text_field(record.service),
-        _LEN(len(record.payload)),
-        record.payload,
-        _TRUE if record.truncated else _FALSE,
-    ]
+    if record.trace_id is None and record.msg_id is None and record.service is None:
+        parts.append(_FOUR_NULLS)
+    else:
+        parts += [
+            _text_field(record.msg_id),
+            _text_field(record.trace_id),
+            _text_field(record.span_id),
+            _text_field(record.service),
+        ]
+    parts += [_LEN(len(record.payload)), record.payload, _TRUE if record.truncated else _FALSE]
     return b"".join(parts)
 
 
@@ -313,10 +325,10 @@ class Chunk:
 
     __slots__ = (
         "count",
+        "day",
+        "day_numbers",
         "first_seq",
-        "hi_ts",
         "last_seq",
-        "lo_ts",
         "recent",
         "rows",
         "stream_id",
@@ -331,7 +343,8 @@ class Chunk:
         self.rows = bytearray()
         self.subjects: dict[bytes | str, int] = {}  # events per subject
         self.recent: list[Recent] = []  # trimmed to NEWEST by `close()`
-        self.lo_ts = self.hi_ts = 0  # the oldest and newest event time, in pg_micros
+        self.day_numbers: set[int] = set()  # the days its events fall on (since 2000-01-01)
+        self.day = -1  # the day of the last event added
 
     @property
     def nbytes(self) -> int:
@@ -351,12 +364,10 @@ class Chunk:
         # `_count`, inline
         subjects = self.subjects
         subjects[subject] = subjects.get(subject, 0) + 1
-        if not self.count:
-            self.lo_ts = self.hi_ts = ts
-        elif ts > self.hi_ts:
-            self.hi_ts = ts
-        elif ts < self.lo_ts:
-            self.lo_ts = ts
+        day = ts // _DAY_US
+        if day != self.day:
+            self.day = day
+            self.day_numbers.add(day)
         self.count += 1
         self.last_seq = seq
         self.recent.append((seq, ts, subject, size, None, None, None))
@@ -370,13 +381,10 @@ class Chunk:
     ) -> None:
         subjects = self.subjects
         subjects[subject] = subjects.get(subject, 0) + 1
-        if self.count:
-            if ts < self.lo_ts:
-                self.lo_ts = ts
-            elif ts > self.hi_ts:
-                self.hi_ts = ts
-        else:
-            self.lo_ts = self.hi_ts = ts
+        day = ts // _DAY_US
+        if day != self.day:
+            self.day = day
+            self.day_numbers.add(day)
         self.count += 1
         self.last_seq = seq
         if rec is None:
@@ -391,6 +399,4 @@ class Chunk:
 
     def days(self) -> set[date]:
         """The days (UTC) its events fall on: the partitions they go to."""
-        first = pg_micros_to_datetime(self.lo_ts).date()
-        last = pg_micros_to_datetime(self.hi_ts).date()
-        return {first + timedelta(days=d) for d in range((last - first).days + 1)}
+        return {_PG_EPOCH_DAY + timedelta(days=d) for d in self.day_numbers}

@@ -202,7 +202,7 @@ class Writer:
         try:
             conflicts = await flight.task
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            self._down(exc, len(flight.batch))
+            self._down(exc, sum(i.count for i in flight.batch))
             return flight.batch
         if conflicts:
             await self._resync(conflicts)
@@ -307,7 +307,7 @@ class Writer:
                 await self._write(batch)
                 return
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                self._down(exc, len(batch))
+                self._down(exc, sum(i.count for i in batch))
                 await self._drop(0)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

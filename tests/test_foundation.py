@@ -178,3 +178,29 @@ def test_a_streams_newest_events_come_by_sequence_and_by_time_without_one(db):
     got = [(e.seq, e.ts.minute) for e in newest_events(stream, limit=6)]
     assert got == [(3, 13), (2, 12), (1, 11), (None, 4), (None, 3), (None, 2)]
     assert [e.seq for e in newest_events(other)] == [99]
+
+
+def test_a_streams_newest_events_are_read_in_index_order_without_a_sort(db):
+    """Both queries behind the stream page's newest events come in order from the (stream_id,
+    seq, ts) index: with sequential scans off, a plan that needed a Sort would show one."""
+    from datetime import UTC, datetime
+
+    from django.db import connection
+
+    from dashboard.models import Stream
+    from dashboard.views import newest_queries
+    from eventbus.partitions import partition_name
+
+    t0 = datetime(2026, 11, 29, tzinfo=UTC)
+    with connection.cursor() as cur:
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {partition_name(t0.date())} PARTITION OF "
+            "flowscope_event FOR VALUES FROM ('2026-11-29') TO ('2026-11-30')"
+        )
+        stream = Stream.objects.create(name="PLAN", created=t0, retention="limits")
+        for query in newest_queries(stream, 50):
+            sql, params = query.query.sql_with_params()
+            cur.execute("SET LOCAL enable_seqscan = off")
+            cur.execute("EXPLAIN " + sql, params)
+            plan = "\n".join(row[0] for row in cur.fetchall())
+            assert "Sort" not in plan and "stream_id_seq_ts" in plan, plan

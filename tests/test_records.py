@@ -170,6 +170,10 @@ def test_chunk_bookkeeping():
     assert chunk.subjects == {b"s.0": 10, b"s.1": 10, b"s.2": 10}
     assert [r[0] for r in chunk.recent] == list(range(20, 40))  # the newest, in order
     assert chunk.days() == {TS.date() + timedelta(days=d) for d in range(15)}  # 14.5 days
+    sparse = Chunk(3, 1)  # events months apart (a quiet stream): only their own days
+    for i, ts in enumerate((TS_PG, TS_PG + 90 * 86_400_000_000, TS_PG - 86_400_000_000)):
+        sparse.add_plain(1 + i, ts, b"s", b"", 64)
+    assert sparse.days() == {TS.date(), TS.date() + timedelta(days=90), TS.date() - timedelta(1)}
 
 
 def test_plain_subject():
