@@ -8,7 +8,7 @@ urlpatterns = [
     path("", views.overview, name="overview"),
     path("streams/<str:name>/", views.stream_detail, name="stream"),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("logout/", views.Logout.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),

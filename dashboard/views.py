@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count, QuerySet
 from django.db.models.functions import Lower
@@ -78,3 +79,13 @@ def stream_detail(request: HttpRequest, name: str) -> HttpResponse:
             "consumers": stream.consumers.filter(deleted_at__isnull=True).order_by("name"),
         },
     )
+
+
+class Logout(auth_views.LogoutView):
+    """Logging out takes a POST (the nav's button); a GET, say from a bookmark or a typed
+    address, gets a page with that button instead of an empty 405."""
+
+    http_method_names = ["get", "post", "options"]
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        return render(request, "logout.html")

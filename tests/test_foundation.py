@@ -145,6 +145,19 @@ def test_log_out_ends_the_session(client, django_user_model):
     assert client.get("/").status_code == 302  # back to the login page
 
 
+def test_a_get_of_the_logout_address_offers_the_button_and_logs_no_one_out(
+    client, django_user_model
+):
+    user = django_user_model.objects.create_user("visitor", password="pw-for-logout-get")
+    client.force_login(user)
+    page = client.get("/logout/")
+    assert page.status_code == 200
+    assert b'method="post" action="/logout/"' in page.content and b"visitor" in page.content
+    assert client.get("/").status_code == 200  # still logged in: a GET changes nothing
+    client.logout()
+    assert b"You are not logged in" in client.get("/logout/").content
+
+
 def test_a_streams_newest_events_come_by_sequence_and_by_time_without_one(db):
     """The stream page's newest events: sequenced ones by seq, ones without a sequence (a
     subject subscription) by time, merged newest first."""
