@@ -396,10 +396,15 @@ class WireConsumerObserver(ConsumerObserver):
         preview = self.settings.preview_bytes
         chunk: Chunk | None = None
         plain = self.plain_subjects
+        service_header = self.settings.service_header
         for subject, reply, raw_headers, payload in frames:
             headers: dict[str, str] | None = None
             if raw_headers is not None:
-                status, description, headers = wire.parse_headers(raw_headers)
+                headers = wire.parse_plain_headers(raw_headers)
+                if headers is None:  # a status, or an unusual block
+                    status, description, headers = wire.parse_headers(raw_headers)
+                else:
+                    status = None
                 if status:
                     if arrived:
                         self._request_done(arrived)
@@ -427,9 +432,11 @@ class WireConsumerObserver(ConsumerObserver):
                 if len(plain) > 10_000:
                     plain.clear()
                 is_plain = plain[subject] = plain_subject(subject)
-            if headers or not is_plain:
+            if not is_plain:
                 text = subject.decode("utf-8", "replace")
                 chunk.add_record(self._build(seq, ts, text, payload, headers or None))
+            elif headers:
+                chunk.add_headed(seq, ts, subject, payload, preview, headers, service_header)
             else:
                 chunk.add_plain(seq, ts, subject, payload, preview)
         if chunk is not None:

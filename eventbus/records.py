@@ -183,6 +183,24 @@ def build_record(
             stream_id, seq, ts, clean_text(subject, 1024), len(data), None, None, None, None,
             None, bytes(data[:preview_bytes]), len(data) > preview_bytes,
         )  # fmt: skip
+    fields = header_fields(headers, service_header)
+    return EventRecord(
+        stream_id, seq, ts, clean_text(subject, 1024), len(data), fields.stored, fields.msg_id,
+        fields.trace_id, fields.span_id, fields.service, bytes(data[:preview_bytes]),
+        len(data) > preview_bytes,
+    )  # fmt: skip
+
+
+class HeaderFields(NamedTuple):
+    stored: dict[str, str]  # the headers as stored: cleaned where they needed it
+    msg_id: str | None
+    trace_id: str | None
+    span_id: str | None
+    service: str | None
+
+
+def header_fields(headers: dict[str, str], service_header: str) -> HeaderFields:
+    """What the tap reads from a message's (non-empty) headers."""
     # Names are matched case-insensitively (`traceparent` may arrive in any case), an exact
     # match first, as `header()` does; the first of several in other cases wins.
     lowered = {k.lower(): v for k, v in reversed(headers.items())}
@@ -201,15 +219,13 @@ def build_record(
         if len(k) > 256 or len(v) > 4096 or "\x00" in k or "\x00" in v:
             stored = {clean_text(k, 256): clean_text(str(v)) for k, v in headers.items()}
             break
-    return EventRecord(
-        stream_id, seq, ts, clean_text(subject, 1024), len(data), stored,
+    return HeaderFields(
+        stored,
         clean_text(msg_id, 1024) if msg_id else None,
         trace[0] if trace else None,
         trace[1] if trace else None,
         clean_text(service, 256) if service else None,
-        bytes(data[:preview_bytes]),
-        len(data) > preview_bytes,
-    )  # fmt: skip
+    )
 
 
 def headers_json(headers: dict[str, Any] | None) -> str | None:
@@ -280,31 +296,49 @@ def _text_field(value: str | None) -> bytes:
 
 def encode_record(record: EventRecord) -> bytes:
     """One binary COPY row for `record`."""
-    seq = record.seq
+    return _encode(
+        record.stream_id, record.seq, record.ts, _text_field(record.subject), record.size,
+        record.headers, record.msg_id, record.trace_id, record.span_id, record.service,
+        record.payload, record.truncated,
+    )  # fmt: skip
+
+
+def _encode(
+    stream_id: int,
+    seq: int | None,
+    ts: int,
+    subject: bytes,  # the field: length and UTF-8
+    size: int,
+    headers: dict[str, Any] | None,
+    msg_id: str | None,
+    trace_id: str | None,
+    span_id: str | None,
+    service: str | None,
+    payload: bytes,
+    truncated: bool,
+) -> bytes:
     parts = [
-        _HEAD(COPY_COLUMNS, 8, record.stream_id) if seq is None else
-        _SEQ_HEAD(COPY_COLUMNS, 8, record.stream_id, 8, seq),
-        _INT8_FIELD(8, record.ts),
-        _text_field(record.subject),
-        _INT4_FIELD(4, record.size),
+        _HEAD(COPY_COLUMNS, 8, stream_id) + _NULL if seq is None else
+        _SEQ_HEAD(COPY_COLUMNS, 8, stream_id, 8, seq),
+        _INT8_FIELD(8, ts),
+        subject,
+        _INT4_FIELD(4, size),
     ]  # fmt: skip
-    if seq is None:
-        parts.insert(1, _NULL)
-    if record.headers:
-        doc = b"\x01" + headers_json(record.headers).encode("utf-8", "replace")  # type: ignore[union-attr]
+    if headers:
+        doc = b"\x01" + headers_json(headers).encode("utf-8", "replace")  # type: ignore[union-attr]
         parts += [_LEN(len(doc)), doc]
     else:
         parts.append(_NULL)
-    if record.trace_id is None and record.msg_id is None and record.service is None:
+    if trace_id is None and msg_id is None and service is None:
         parts.append(_FOUR_NULLS)
     else:
         parts += [
-            _text_field(record.msg_id),
-            _text_field(record.trace_id),
-            _text_field(record.span_id),
-            _text_field(record.service),
+            _text_field(msg_id),
+            _text_field(trace_id),
+            _text_field(span_id),
+            _text_field(service),
         ]
-    parts += [_LEN(len(record.payload)), record.payload, _TRUE if record.truncated else _FALSE]
+    parts += [_LEN(len(payload)), payload, _TRUE if truncated else _FALSE]
     return b"".join(parts)
 
 
@@ -372,12 +406,44 @@ class Chunk:
         self.last_seq = seq
         self.recent.append((seq, ts, subject, size, None, None, None))
 
+    def add_headed(
+        self,
+        seq: int,
+        ts: int,
+        subject: bytes,
+        payload: bytes,
+        preview: int,
+        headers: dict[str, str],
+        service_header: str,
+    ) -> None:
+        """An event with (non-empty) headers and a `plain_subject`: what `add_record` does for
+        it, without the record."""
+        f = header_fields(headers, service_header)
+        size = len(payload)
+        truncated = size > preview
+        self.rows += _encode(
+            self.stream_id, seq, ts, _LEN(len(subject)) + subject, size, f.stored, f.msg_id,
+            f.trace_id, f.span_id, f.service, payload[:preview] if truncated else payload,
+            truncated,
+        )  # fmt: skip
+        self._count(seq, ts, subject, size, f.service, f.trace_id, f.msg_id)
+
     def add_record(self, record: EventRecord) -> None:
         self.rows += encode_record(record)
-        self._count(record.seq, record.ts, record.subject, record.size, record)
+        self._count(
+            record.seq, record.ts, record.subject, record.size, record.service,
+            record.trace_id, record.msg_id,
+        )  # fmt: skip
 
     def _count(
-        self, seq: int | None, ts: int, subject: bytes | str, size: int, rec: EventRecord | None
+        self,
+        seq: int | None,
+        ts: int,
+        subject: bytes | str,
+        size: int,
+        service: str | None,
+        trace_id: str | None,
+        msg_id: str | None,
     ) -> None:
         subjects = self.subjects
         subjects[subject] = subjects.get(subject, 0) + 1
@@ -387,10 +453,7 @@ class Chunk:
             self.day_numbers.add(day)
         self.count += 1
         self.last_seq = seq
-        if rec is None:
-            self.recent.append((seq, ts, subject, size, None, None, None))
-        else:
-            self.recent.append((seq, ts, subject, size, rec.service, rec.trace_id, rec.msg_id))
+        self.recent.append((seq, ts, subject, size, service, trace_id, msg_id))
 
     def close(self) -> None:
         """Done adding: keep only the newest parsed events."""

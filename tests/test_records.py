@@ -253,3 +253,26 @@ async def test_a_batch_ends_at_its_event_or_byte_bound():
         assert writer.offer(chunk(1, 4_000))
     batch = await writer._collect(stop)  # 10,000 bytes a batch: three chunks of 4 KB and more
     assert len(batch) == 3 and writer.held == 3
+
+
+def test_rows_with_headers_match_the_general_encoder():
+    """Chunk.add_headed (the lean reader's path for events with headers) writes the very bytes
+    that building a record and encoding it do."""
+    cases = [
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+         "Flowscope-Service": "orders", "Nats-Msg-Id": "o-1"},
+        {"TRACEPARENT": "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01"},
+        {"nats-msg-id": "x" * 2000, "flowscope-service": "s" * 300, "X": 'q"\\\x01'},
+        {"Odd": "a\x00b", "k" * 300: "v"},
+        {"traceparent": "garbage"},
+    ]  # fmt: skip
+    for i, headers in enumerate(cases):
+        for data, preview in ((b"p" * 10, 64), (bytes(range(256)), 100)):
+            fast = Chunk(7, 1)
+            fast.add_headed(1, TS_PG, b"orders.created", data, preview, headers,
+                            "Flowscope-Service")  # fmt: skip
+            rec = build_record(stream_id=7, seq=1, ts=TS_PG, subject="orders.created", data=data,
+                               headers=headers, preview_bytes=preview,
+                               service_header="Flowscope-Service")  # fmt: skip
+            assert bytes(fast.rows) == encode_record(rec), i
+            assert fast.recent[-1][4:] == (rec.service, rec.trace_id, rec.msg_id)
