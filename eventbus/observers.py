@@ -400,11 +400,7 @@ class WireConsumerObserver(ConsumerObserver):
         for subject, reply, raw_headers, payload in frames:
             headers: dict[str, str] | None = None
             if raw_headers is not None:
-                headers = wire.parse_plain_headers(raw_headers)
-                if headers is None:  # a status, or an unusual block
-                    status, description, headers = wire.parse_headers(raw_headers)
-                else:
-                    status = None
+                status, description, headers = wire.parse_headers(raw_headers)
                 if status:
                     if arrived:
                         self._request_done(arrived)

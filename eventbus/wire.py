@@ -222,28 +222,3 @@ def parse_headers(block: bytes) -> tuple[str | None, str, dict[str, str]]:
             continue
         headers[key] = value.strip().decode("utf-8", "replace")
     return status, description, headers
-
-
-_PLAIN_HEAD = b"NATS/1.0\r\n"
-_BYTES_WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() strips more)
-
-
-def parse_plain_headers(block: bytes) -> dict[str, str] | None:
-    """`parse_headers(block)[2]` for the common kind of block, faster: ASCII, no status, no NUL,
-    at most 4 KiB (so no name or value needs cutting). None for any other block, which
-    `parse_headers` must read."""
-    if (
-        len(block) > 4096
-        or not block.startswith(_PLAIN_HEAD)
-        or not block.isascii()
-        or b"\x00" in block
-    ):
-        return None
-    headers: dict[str, str] = {}
-    for line in block[10:].decode("ascii").split("\r\n"):
-        name, sep, value = line.partition(":")
-        if sep:
-            name = name.strip(_BYTES_WHITESPACE)
-            if name.split() == [name]:  # not empty, no whitespace in it
-                headers[name] = value.strip(_BYTES_WHITESPACE)
-    return headers
