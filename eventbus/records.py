@@ -395,16 +395,7 @@ class Chunk:
         rows += _PLAIN_MID(4, size, -1, -1, -1, -1, -1, len(payload))
         rows += payload
         rows += _TRUE if size > preview else _FALSE
-        # `_count`, inline
-        subjects = self.subjects
-        subjects[subject] = subjects.get(subject, 0) + 1
-        day = ts // _DAY_US
-        if day != self.day:
-            self.day = day
-            self.day_numbers.add(day)
-        self.count += 1
-        self.last_seq = seq
-        self.recent.append((seq, ts, subject, size, None, None, None))
+        self._count(seq, ts, subject, size, None, None, None)
 
     def add_headed(
         self,
