@@ -200,6 +200,28 @@ class Clock:
         return Rate(label, events, seconds, (self.c1 - self.c0) / seconds if seconds else None)
 
 
+class Tally:
+    """Counts events towards `n`: the clock runs from the first to the n-th, then `done` is
+    set. The rate is over the n - 1 events after the first."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.count = 0
+        self.clock = Clock()
+        self.done = asyncio.Event()
+
+    def add(self, events: int = 1) -> None:
+        if self.count == 0:
+            self.clock.start()
+        self.count += events
+        if self.count >= self.n and not self.done.is_set():
+            self.clock.stop()
+            self.done.set()
+
+    def rate(self, label: str) -> Rate:
+        return self.clock.rate(label, self.n - 1)
+
+
 @dataclass
 class MemorySample:
     t: float
@@ -318,28 +340,21 @@ async def raw_pull(nc: Client, stream: str, n: int, settings: ObserverSettings) 
     inbox = nc.new_inbox()
     requests: deque[int] = deque()  # messages still due per outstanding pull request
     wake = asyncio.Event()
-    done = asyncio.Event()
-    count = 0
-    clock = Clock()
+    tally = Tally(n)
+    done = tally.done
 
     async def on_msg(msg: Msg) -> None:
-        nonlocal count
         if msg.headers and msg.headers.get("Status"):
             if msg.headers["Status"] != "100" and requests:
                 requests.popleft()
                 wake.set()
             return
-        count += 1
-        if count == 1:
-            clock.start()
+        tally.add()
         if requests:
             requests[0] -= 1
             if requests[0] <= 0:
                 requests.popleft()
                 wake.set()
-        if count == n:
-            clock.stop()
-            done.set()
 
     sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=0, pending_bytes_limit=0)
     request = json.dumps(
@@ -361,35 +376,28 @@ async def raw_pull(nc: Client, stream: str, n: int, settings: ObserverSettings) 
         await sub.unsubscribe()
         with contextlib.suppress(Exception):
             await js_api(nc, f"$JS.API.CONSUMER.DELETE.{stream}.{name}")
-    label = f"nats-py pull, ack none, {settings.inflight}x{settings.batch} in flight, count only"
-    return clock.rate(label, n - 1)
+    return tally.rate(
+        f"nats-py pull, ack none, {settings.inflight}x{settings.batch} in flight, count only"
+    )
 
 
 async def raw_ordered(nc: Client, subject: str, n: int) -> Rate:
     """nats-py's ordered push consumer, callback counting only (reference)."""
     js = nc.jetstream()
-    done = asyncio.Event()
-    count = 0
-    clock = Clock()
+    tally = Tally(n)
 
     async def on_msg(msg: Msg) -> None:
-        nonlocal count
-        count += 1
-        if count == 1:
-            clock.start()
-        if count == n:
-            clock.stop()
-            done.set()
+        tally.add()
 
     sub = await js.subscribe(
         subject, cb=on_msg, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
         pending_msgs_limit=0, pending_bytes_limit=0,
     )  # fmt: skip
     try:
-        await asyncio.wait_for(done.wait(), timeout=max(60, n / 5_000))
+        await asyncio.wait_for(tally.done.wait(), timeout=max(60, n / 5_000))
     finally:
         await sub.unsubscribe()
-    return clock.rate("nats-py ordered push consumer, count only", n - 1)
+    return tally.rate("nats-py ordered push consumer, count only")
 
 
 class CountingWriter(Writer):
@@ -397,22 +405,14 @@ class CountingWriter(Writer):
 
     def __init__(self, n: int) -> None:
         super().__init__("postgresql://unused")
-        self.n = n
-        self.count = 0
+        self.tally = Tally(n)
         self.gaps = 0
-        self.clock = Clock()
-        self.done = asyncio.Event()
 
     def offer(self, item: Item) -> bool:
         if isinstance(item, Gap):
             self.gaps += 1
-            return True
-        if self.count == 0:
-            self.clock.start()
-        self.count += item.count
-        if self.count >= self.n:
-            self.clock.stop()
-            self.done.set()
+        else:
+            self.tally.add(item.count)
         return True
 
     async def put(self, item: Item) -> None:
@@ -430,10 +430,10 @@ async def observer_only(nc: Client, stream: str, n: int) -> Rate:
     )
     observer.start()
     try:
-        await asyncio.wait_for(writer.done.wait(), timeout=max(60, n / 5_000))
+        await asyncio.wait_for(writer.tally.done.wait(), timeout=max(60, n / 5_000))
     finally:
         await observer.stop()
-    return writer.clock.rate("tap observer code, writer counting only (no database)", n - 1)
+    return writer.tally.rate("tap observer code, writer counting only (no database)")
 
 
 async def delivered_to_tap(nc: Client, stream: str) -> int:

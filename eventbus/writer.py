@@ -27,6 +27,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from itertools import islice
 
 import psycopg
 
@@ -397,10 +398,8 @@ def summarize(batch: list[Item]) -> Committed:
     last: dict[int, int] = {}
     counts: Counter[int] = Counter()
     subjects: Counter[str] = Counter()
-    total = 0
     for i in batch:  # once per chunk
         if isinstance(i, Chunk):
-            total += i.count
             counts[i.stream_id] += i.count
             for subject, n in i.subjects.items():
                 if isinstance(subject, bytes):
@@ -416,14 +415,12 @@ def summarize(batch: list[Item]) -> Committed:
             last[i.stream_id] = seq
         else:
             last.setdefault(i.stream_id, 0)
-    newest: list[tuple[int, Recent]] = []
-    for i in reversed(batch):
-        if isinstance(i, Chunk):
-            for recent in reversed(i.recent):
-                newest.append((i.stream_id, recent))
-                if len(newest) == NEWEST * 4:
-                    break
-        if len(newest) == NEWEST * 4:
-            break
+    latest = (
+        (i.stream_id, recent)
+        for i in reversed(batch)
+        if isinstance(i, Chunk)
+        for recent in reversed(i.recent)
+    )
+    newest = list(islice(latest, NEWEST * 4))
     newest.reverse()
-    return Committed(total, gaps, last, counts, subjects, newest)
+    return Committed(counts.total(), gaps, last, counts, subjects, newest)
