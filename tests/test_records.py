@@ -276,3 +276,35 @@ def test_rows_with_headers_match_the_general_encoder():
                                service_header="Flowscope-Service")  # fmt: skip
             assert bytes(fast.rows) == encode_record(rec), i
             assert fast.recent[-1][4:] == (rec.service, rec.trace_id, rec.msg_id)
+
+
+def test_a_committed_batch_is_summarized_for_the_digest():
+    import json
+
+    from eventbus.digest import events_digest
+    from eventbus.records import Gap
+    from eventbus.writer import summarize
+
+    batch: list[Chunk | Gap] = []
+    for stream_id, first in ((1, 1), (2, 1), (1, 31)):
+        chunk = Chunk(stream_id, first)
+        for seq in range(first, first + 30):
+            chunk.add_plain(seq, TS_PG + seq, f"s{stream_id}.{seq % 2}".encode(), b"p", 64)
+        chunk.close()
+        batch.append(chunk)
+    batch.insert(2, Gap(2, 31, 40, "gone"))
+    committed = summarize(batch)
+    assert committed.count == 90 and committed.counts == {1: 60, 2: 30}
+    assert committed.last_seq == {1: 60, 2: 40}
+    assert committed.subjects == {"s1.0": 30, "s1.1": 30, "s2.0": 15, "s2.1": 15}
+    assert len(committed.newest) == 60  # the last 20 of each chunk (up to 80 in all)
+    body = json.loads(events_digest(committed, {1: "ONE", 2: "TWO"}))
+    assert body["total"] == 90 and body["gaps"] == [
+        {"stream": "TWO", "first_seq": 31, "last_seq": 40}
+    ]
+    assert [(e["stream"], e["seq"]) for e in body["newest"][:3]] == [
+        ("ONE", 60),
+        ("ONE", 59),
+        ("ONE", 58),
+    ]  # newest first, by stream time
+    assert len(body["newest"]) == 20 and body["newest"][0]["subject"] == "s1.0"
