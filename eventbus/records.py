@@ -201,19 +201,9 @@ class HeaderFields(NamedTuple):
 
 def header_fields(headers: dict[str, str], service_header: str) -> HeaderFields:
     """What the tap reads from a message's (non-empty) headers."""
-    # Names are matched case-insensitively (`traceparent` may arrive in any case), an exact
-    # match first, as `header()` does; the first of several in other cases wins.
-    lowered = {k.lower(): v for k, v in reversed(headers.items())}
-    trace_text = headers.get("traceparent")
-    if trace_text is None:
-        trace_text = lowered.get("traceparent")
-    msg_id = headers.get("Nats-Msg-Id")
-    if msg_id is None:
-        msg_id = lowered.get("nats-msg-id")
-    service = headers.get(service_header)
-    if service is None:
-        service = lowered.get(service_header.lower())
-    trace = parse_traceparent(trace_text)
+    trace = parse_traceparent(header(headers, "traceparent"))
+    msg_id = header(headers, "Nats-Msg-Id")
+    service = header(headers, service_header)
     stored = headers
     for k, v in headers.items():  # cleaned only when something needs it (rare)
         if len(k) > 256 or len(v) > 4096 or "\x00" in k or "\x00" in v:
