@@ -47,6 +47,7 @@ from eventbus.records import (
     pg_micros,
     plain_subject,
 )
+from eventbus.scan import scan
 from eventbus.writer import Item, Writer
 
 log = logging.getLogger("flowscope.observer")
@@ -348,6 +349,9 @@ class WireConsumerObserver(ConsumerObserver):
         self.conn: wire.WireConnection | None = None
         self.fallback = False
         self.plain_subjects: dict[bytes, bool] = {}  # subject -> `plain_subject(subject)`
+        self.chunk: Chunk | None = None  # being filled from the current socket read
+        self.arrived = 0  # deliveries of the current socket read, not yet `_request_done`
+        self.scanned = 0  # events read by the scanner (the rest took `_take_frames`)
 
     async def _open(self) -> str:
         if self.fallback:
@@ -356,7 +360,7 @@ class WireConsumerObserver(ConsumerObserver):
         if server is None:
             raise RuntimeError("not connected to NATS")
         try:
-            self.conn = await wire.connect(server.geturl(), self._on_frames)
+            self.conn = await wire.connect(server.geturl(), self._on_frames, fast=self._fast)
         except wire.WireError as exc:  # TLS, nkeys, or credentials only nats-py holds
             log.info("stream %s: reading through nats-py (%s)", self.stream, exc)
             self.fallback = True
@@ -385,16 +389,52 @@ class WireConsumerObserver(ConsumerObserver):
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+        self.chunk, self.arrived = None, 0
         await super()._cleanup()
 
+    def _fast(self, data: bytes, pos: int, frames: list[wire.Frame]) -> int:
+        """The wire's fast reader: a run of plain deliveries straight into the open chunk
+        (eventbus.scan), after the frames parsed before them."""
+        if frames:
+            self._take_frames(frames)
+            frames.clear()
+        chunk = self.chunk or Chunk(self.stream_id, self.next_seq)
+        after, count, next_seq, day, newest = scan(
+            data, pos, self.stream_id, self.next_seq, self.settings.preview_bytes, chunk.day,
+            chunk.rows, chunk.subjects, chunk.day_numbers,
+        )  # fmt: skip
+        if count:
+            chunk.count += count
+            chunk.last_seq = next_seq - 1
+            chunk.day = day
+            chunk.recent += newest
+            self.chunk = chunk
+            self.next_seq = next_seq
+            self.arrived += count
+            self.scanned += count
+        return after
+
     def _on_frames(self, frames: list[wire.Frame]) -> None:
-        """What one socket read brought: `_take`'s work for all of it, in one pass into one
-        chunk (or more, split where a gap falls)."""
+        """The end of one socket read: what is left of it, then the open chunk to the writer."""
         self.last_activity = time.monotonic()
-        arrived = 0
+        if frames:
+            self._take_frames(frames)
+        if self.chunk is not None:
+            self._hand_over(self.chunk)
+            self.chunk = None
+        if self.arrived:
+            self._request_done(self.arrived)
+            self.arrived = 0
+        if self.pending and self.conn is not None:
+            self.conn.pause()  # TCP pushes back; `_relieve()` resumes once the writer took them
+            self.wake.set()
+
+    def _take_frames(self, frames: list[wire.Frame]) -> None:
+        """`_take`'s work for frames the fast reader left (headers, gaps, statuses, odd subjects
+        and replies), into the open chunk (or more, split where a gap falls)."""
         next_seq = self.next_seq
         preview = self.settings.preview_bytes
-        chunk: Chunk | None = None
+        chunk = self.chunk
         plain = self.plain_subjects
         service_header = self.settings.service_header
         for subject, reply, raw_headers, payload in frames:
@@ -402,15 +442,15 @@ class WireConsumerObserver(ConsumerObserver):
             if raw_headers is not None:
                 status, description, headers = wire.parse_headers(raw_headers)
                 if status:
-                    if arrived:
-                        self._request_done(arrived)
-                        arrived = 0
+                    if self.arrived:
+                        self._request_done(self.arrived)
+                        self.arrived = 0
                     self._status(status, description)
                     continue
             position = ack_position(reply)
             if position is None:
                 continue
-            arrived += 1
+            self.arrived += 1
             seq, ts_ns = position
             if seq != next_seq:
                 if seq < next_seq:
@@ -435,14 +475,8 @@ class WireConsumerObserver(ConsumerObserver):
                 chunk.add_headed(seq, ts, subject, payload, preview, headers, service_header)
             else:
                 chunk.add_plain(seq, ts, subject, payload, preview)
-        if chunk is not None:
-            self._hand_over(chunk)
+        self.chunk = chunk
         self.next_seq = next_seq
-        if arrived:
-            self._request_done(arrived)
-        if self.pending and self.conn is not None:
-            self.conn.pause()  # TCP pushes back; `_relieve()` resumes once the writer took them
-            self.wake.set()
 
 
 def republish_pattern(dest: str) -> str:

@@ -134,12 +134,13 @@ def header(headers: dict[str, str] | None, name: str) -> str | None:
 def ack_position(reply: bytes) -> tuple[int, int] | None:
     """(stream sequence, stream timestamp in ns) from a delivery's raw reply subject: what the
     tap's hot path needs of `parse_ack_subject`, without building an AckMeta per message."""
-    tokens = reply.split(b".")
-    o = _ack_offset(tokens)
-    if o is None:
-        return None
     try:
-        return int(tokens[o + 3]), int(tokens[o + 5])
+        if reply.count(b".") == 8 and reply.startswith(b"$JS.ACK."):  # the 9-token form
+            _, seq, _, ts, _ = reply.rsplit(b".", 4)
+            return int(seq), int(ts)
+        tokens = reply.split(b".")
+        o = _ack_offset(tokens)
+        return None if o is None else (int(tokens[o + 3]), int(tokens[o + 5]))
     except ValueError:
         return None
 
@@ -375,17 +376,28 @@ class Chunk:
         return len(self.rows)
 
     def add_plain(self, seq: int, ts: int, subject: bytes, payload: bytes, preview: int) -> None:
-        """The common case, kept short (once per event): no headers, a `plain_subject`."""
+        """The common case, kept short (once per event): no headers, a `plain_subject`. It does
+        what `_count` does, inline."""
         size = len(payload)
-        if size > preview:
-            payload = payload[:preview]
         rows = self.rows
         rows += _PLAIN_HEAD(COPY_COLUMNS, 8, self.stream_id, 8, seq, 8, ts, len(subject))
         rows += subject
-        rows += _PLAIN_MID(4, size, -1, -1, -1, -1, -1, len(payload))
-        rows += payload
-        rows += _TRUE if size > preview else _FALSE
-        self._count(seq, ts, subject, size, None, None, None)
+        if size > preview:
+            rows += _PLAIN_MID(4, size, -1, -1, -1, -1, -1, preview)
+            rows += payload[:preview]
+            rows += _TRUE
+        else:
+            rows += _PLAIN_MID(4, size, -1, -1, -1, -1, -1, size)
+            rows += payload
+            rows += _FALSE
+        subjects = self.subjects
+        subjects[subject] = subjects.get(subject, 0) + 1
+        if ts // _DAY_US != self.day:
+            self.day = ts // _DAY_US
+            self.day_numbers.add(self.day)
+        self.count += 1
+        self.last_seq = seq
+        self.recent.append((seq, ts, subject, size, None, None, None))
 
     def add_headed(
         self,

@@ -22,7 +22,7 @@ import nats
 import psycopg
 from nats.aio.client import Client
 
-from eventbus import digest, lag
+from eventbus import digest, lag, scan
 from eventbus.aio import wait_event
 from eventbus.lease import Lease
 from eventbus.observers import (
@@ -147,6 +147,11 @@ class Tap:
     async def run(self) -> None:
         self.nc = await self.connect_nats()
         log.info("tap %s connected to %s", self.id, self.config.nats_url)
+        if scan.IMPLEMENTATION != "c":
+            log.warning(
+                "the C scanner (eventbus/_scan.c) is not built: deliveries are read in "
+                "Python, about half as fast (`make` builds it; needs a C compiler)"
+            )
         advisories = await self.nc.subscribe(
             "$JS.EVENT.ADVISORY.STREAM.>", cb=self._on_stream_advisory
         )

@@ -66,7 +66,59 @@ async def test_frames_split_anywhere_across_reads_come_out_whole():
             protocol.data_received(stream[i : i + size])
         assert got == expected, size
         assert bytes(sink.written) == b"PONG\r\n"  # answered the server's PING
-        assert protocol.buf == b""
+        assert protocol.rest == []
+
+
+async def test_a_fast_reader_gets_its_runs_in_order_with_the_other_frames():
+    """The contract of `fast`: it is offered each MSG frame, handles the frames parsed before it
+    first, and the end of each read still reaches `on_frames`."""
+    stream = b"".join(
+        [
+            b"MSG f 1 3\r\none\r\nMSG f 1 3\r\ntwo\r\n",
+            b"HMSG h 1 12 13\r\nNATS/1.0\r\n\r\nx\r\n",
+            b"MSG s 1 5\r\nslow!\r\nMSG f 1 5\r\nthree\r\nPING\r\nMSG s 1 1\r\n4\r\n",
+            b"MSG f 1 " + b"%d\r\n" % 3000 + b"5" * 3000 + b"\r\n",
+        ]
+    )
+    for size in (1, 5, 64, 1000, len(stream)):
+        reader = _ToyReader()
+        protocol = _Protocol(reader.on_frames, reader.fast)
+        protocol.connection_made(_Sink())
+        reads = 0
+        for i in range(0, len(stream), size):
+            protocol.data_received(stream[i : i + size])
+            reads += 1
+        assert reader.log == [
+            ("fast", b"one"), ("fast", b"two"), ("frame", b"x"), ("frame", b"slow!"),
+            ("fast", b"three"), ("frame", b"4"), ("fast", b"5" * 3000),
+        ], size  # fmt: skip
+        assert 1 <= reader.reads_ended <= reads and protocol.rest == [], size
+
+
+class _ToyReader:
+    """Reads whole `MSG f` frames itself, as the tap's scanner reads plain deliveries."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, bytes]] = []
+        self.reads_ended = 0
+
+    def fast(self, data: bytes, pos: int, frames: list[Frame]) -> int:
+        self.log.extend(("frame", f[3]) for f in frames)
+        frames.clear()
+        while data.startswith(b"MSG f ", pos):
+            eol = data.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            n = int(data[pos:eol].split()[-1])
+            if eol + 2 + n + 2 > len(data):
+                break
+            self.log.append(("fast", data[eol + 2 : eol + 2 + n]))
+            pos = eol + 2 + n + 2
+        return pos
+
+    def on_frames(self, frames: list[Frame]) -> None:
+        self.log.extend(("frame", f[3]) for f in frames)
+        self.reads_ended += 1
 
 
 async def test_it_reads_what_the_server_delivers_byte_exact(nats_server, unique):

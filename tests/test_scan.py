@@ -1,0 +1,127 @@
+"""The tap's hot loop (eventbus.scan): the C and the Python scanner against `Chunk.add_plain`,
+the general path's row encoder, and against each other on thousands of mangled inputs."""
+
+import os
+import random
+
+import pytest
+
+from eventbus import scan as scan_module
+from eventbus.records import Chunk, ns_to_pg_micros
+from eventbus.scan import scan_py
+
+T0 = 1_764_421_200_123_456_789  # ns since 1970
+SCANNERS = {"python": scan_py}
+try:
+    from eventbus._scan import scan as scan_c
+
+    SCANNERS["c"] = scan_c
+except ImportError:  # pragma: no cover - `make` builds it; test_the_c_scanner_is_built says so
+    pass
+
+
+def delivery(subject: bytes, seq: int, payload: bytes, ts: int | None = None) -> bytes:
+    ts = T0 + seq * 1000 if ts is None else ts
+    reply = b"$JS.ACK.ORDERS.flowscope_tap_x.1.%d.%d.%d.%d" % (seq, seq, ts, 1000 - seq)
+    return b"MSG %s 7 %s %d\r\n%s\r\n" % (subject, reply, len(payload), payload)
+
+
+def run(scanner, data: bytes, pos=0, next_seq=1, preview=64, day=-1):
+    rows, subjects, days = bytearray(), dict[bytes | str, int](), set[int]()
+    result = scanner(data, pos, 5, next_seq, preview, day, rows, subjects, days)
+    return result, bytes(rows), subjects, days
+
+
+def test_the_c_scanner_is_built():
+    """`make` builds eventbus/_scan.c; the tap is about twice as slow without it."""
+    if os.environ.get("FLOWSCOPE_SCAN") == "python":
+        pytest.skip("FLOWSCOPE_SCAN=python: the Python scanner is chosen on purpose")
+    assert "c" in SCANNERS, "eventbus._scan is not built: run `make` (needs a C compiler)"
+    assert scan_module.IMPLEMENTATION == "c"
+
+
+@pytest.mark.parametrize("name", sorted(SCANNERS))
+def test_rows_are_those_of_add_plain(name):
+    payloads = [b"", b"x", bytes(range(256)), b"\xff\xfe invalid utf-8 \xc3", b"y" * 64, b"y" * 65]
+    subjects = [b"orders.created", b"orders.paid", b"orders.created", b"a.b.c\tt", b"z", b"z"]
+    events = list(enumerate(zip(subjects, payloads, strict=True)))
+    data = b"".join(delivery(s, 10 + i, p) for i, (s, p) in events)
+    (pos, count, next_seq, day, newest), rows, counts, days = run(SCANNERS[name], data, next_seq=10)
+    expected = Chunk(5, 10)
+    for i, (s, p) in events:
+        expected.add_plain(10 + i, ns_to_pg_micros(T0 + (10 + i) * 1000), s, p, 64)
+    expected.close()
+    assert (pos, count, next_seq) == (len(data), 6, 16)
+    assert rows == bytes(expected.rows)  # 256 and 65 bytes truncated to the preview, 64 not
+    assert counts == expected.subjects == {b"orders.created": 2, b"orders.paid": 1,
+                                           b"a.b.c\tt": 1, b"z": 2}  # fmt: skip
+    assert days == expected.day_numbers and day == expected.day
+    assert newest == expected.recent
+
+
+@pytest.mark.parametrize("name", sorted(SCANNERS))
+def test_it_stops_where_the_general_path_must_take_over(name):
+    scanner = SCANNERS[name]
+    good = delivery(b"s", 1, b"p")
+    stoppers = {
+        "headers": b"HMSG s 7 $JS.ACK.S.c.1.2.2.1.0 12 13\r\nNATS/1.0\r\n\r\np\r\n",
+        "gap": delivery(b"s", 3, b"p"),
+        "re-delivery": delivery(b"s", 1, b"p"),
+        "incomplete": delivery(b"s", 2, b"payload")[:-3],
+        "control line cut": b"MSG s 7 $JS.AC",
+        "non-ASCII subject": delivery("ü".encode(), 2, b"p"),
+        "NUL in subject": delivery(b"a\x00b", 2, b"p"),
+        "long subject": delivery(b"s" * 1025, 2, b"p"),
+        "domain ack form": b"MSG s 7 $JS.ACK.hub.H.S.c.1.2.2.1.0.tok 1\r\np\r\n",
+        "no reply": b"MSG s 7 1\r\np\r\n",
+        "two spaces": b"MSG s  7 $JS.ACK.S.c.1.2.2.1.0 1\r\np\r\n",
+        "signed sequence": b"MSG s 7 $JS.ACK.S.c.1.+2.2.1.0 1\r\np\r\n",
+        "huge sequence": b"MSG s 7 $JS.ACK.S.c.1.99999999999999999999.2.1.0 1\r\np\r\n",
+        "PING": b"PING\r\n",
+    }
+    _, good_rows, _, _ = run(scanner, good)
+    for what, tail in stoppers.items():
+        (pos, count, next_seq, _, newest), rows, _, _ = run(scanner, good + tail)
+        assert (pos, count, next_seq) == (len(good), 1, 2), what
+        assert rows == good_rows, what
+        assert len(newest) == 1 and newest[0][0] == 1, what
+
+
+@pytest.mark.parametrize("name", sorted(SCANNERS))
+def test_newest_are_the_last_twenty_and_days_change(name):
+    day_ns = 86_400 * 10**9
+    data = b"".join(delivery(b"s", seq, b"p", T0 + (seq // 30) * day_ns) for seq in range(1, 101))
+    (pos, count, next_seq, day, newest), _, _, days = run(SCANNERS[name], data)
+    assert (pos, count, next_seq) == (len(data), 100, 101)
+    assert [n[0] for n in newest] == list(range(81, 101))
+    first = ns_to_pg_micros(T0) // 86_400_000_000
+    assert days == {first, first + 1, first + 2, first + 3} and day == first + 3
+
+
+def test_c_and_python_agree_on_mangled_input():
+    if "c" not in SCANNERS:
+        pytest.skip("the C scanner is not built")
+    rnd = random.Random(4)
+    base = b"".join(
+        delivery(b"orders.%d" % (i % 3), i, rnd.randbytes(i % 40)) for i in range(1, 40)
+    )
+    for trial in range(3000):
+        mangled = bytearray(base)
+        for _ in range(rnd.randint(0, 4)):
+            at = rnd.randrange(len(mangled))
+            choice = rnd.random()
+            if choice < 0.4:
+                mangled[at] = rnd.choice(b" .\r\n0123456789$JSACKMG\x00\xff")
+            elif choice < 0.7:
+                del mangled[at : at + rnd.randint(1, 5)]
+            else:
+                mangled[at:at] = rnd.choice([b" ", b".", b"\r\n", b"9", b"MSG "])
+        cut = rnd.randint(0, len(mangled)) if rnd.random() < 0.3 else len(mangled)
+        data = bytes(mangled[:cut])
+        pos, next_seq = rnd.choice([(0, 1), (0, 2), (len(data) // 2, 1)])
+        preview = rnd.choice([0, 5, 64])
+        results = [
+            run(scanner, data, pos=pos, next_seq=next_seq, preview=preview)
+            for scanner in (SCANNERS["c"], SCANNERS["python"])
+        ]
+        assert results[0] == results[1], (trial, data)
