@@ -59,6 +59,7 @@ from nats.aio.client import Client  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 from nats.js.api import DeliverPolicy  # noqa: E402
 
+from eventbus import scan  # noqa: E402
 from eventbus.embedded import EmbeddedNats, EmbeddedPostgres, terminate  # noqa: E402
 from eventbus.observers import ObserverSettings, WireConsumerObserver, is_tap_consumer  # noqa: E402
 from eventbus.records import Gap  # noqa: E402
@@ -625,7 +626,8 @@ async def versions(nc: Client, db: psycopg.AsyncConnection[Any]) -> str:
     v = nc.connected_server_version
     return (
         f"nats-server {v.major}.{v.minor}.{v.patch}, PostgreSQL {pg}, "
-        f"nats-py {version('nats-py')}, psycopg {psycopg.__version__}"
+        f"nats-py {version('nats-py')}, psycopg {psycopg.__version__}; "
+        f"the tap's scanner: {scan.IMPLEMENTATION} (eventbus/scan.py)"
     )
 
 
