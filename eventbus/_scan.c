@@ -1,9 +1,12 @@
 /* eventbus._scan: the C implementation of eventbus.scan.scan_py (read that docstring first).
  *
- * scan(data, pos, stream_id, next_seq, preview, day, rows, subjects, days)
+ * scan(data, pos, stream_id, next_seq, preview, day, rows, subjects, days, service_header)
  *     -> (pos, count, next_seq, day, newest)
  *
- * Same contract, same stopping rules, same bytes: tests/test_scan.py holds the two to it.
+ * Same contract, same stopping rules, same bytes for plain deliveries (MSG): tests/test_scan.py
+ * holds the two to it. Unlike scan_py it also reads headed deliveries (HMSG) of the common form
+ * (see read_headers) when `service_header` is given, as `Chunk.add_headed` would write them;
+ * tests/test_scan.py holds that to the observer's general path.
  * Everything it reads is bounds-checked against len(data); anything unusual stops the scan and
  * is left to the Python path, so this file only ever handles the common case.
  */
@@ -70,7 +73,106 @@ static inline int64_t floordiv(int64_t a, int64_t b) {
 typedef struct {
     int64_t seq, ts, size;
     Py_ssize_t subject_at, subject_len;
+    Py_ssize_t msg_id_at, msg_id_len, service_at, service_len;  /* len -1: None */
+    int has_trace;
+    char trace[33];  /* lower-case hex */
 } Recent;
+
+/* One header of a headed delivery, its name and (stripped) value as offsets into data. */
+#define MAX_HEADERS 32
+typedef struct { Py_ssize_t name_at, name_len, value_at, value_len; } Header;
+
+static inline int ascii_lower(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
+
+/* `header()` of records.py: the exact name first, then the first in any (ASCII) case; -1. */
+static int find_header(const char *data, const Header *h, int n, const char *name,
+                       Py_ssize_t name_len) {
+    for (int i = 0; i < n; i++)
+        if (h[i].name_len == name_len && memcmp(data + h[i].name_at, name, (size_t)name_len) == 0)
+            return i;
+    for (int i = 0; i < n; i++) {
+        if (h[i].name_len != name_len) continue;
+        Py_ssize_t k = 0;
+        while (k < name_len && ascii_lower((unsigned char)data[h[i].name_at + k]) ==
+                                   ascii_lower((unsigned char)name[k]))
+            k++;
+        if (k == name_len) return i;
+    }
+    return -1;
+}
+
+static inline int hex_lower(int c) {
+    c = ascii_lower(c);
+    return ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) ? c : -1;
+}
+
+/* `parse_traceparent`: writes the 32 + 16 lower-case hex digits of trace and span to out and
+ * returns 1, or 0 when the value is not a valid W3C traceparent (version ff, zero ids). */
+static int traceparent(const char *v, Py_ssize_t n, char *out) {
+    char low[55];
+    if (n != 55 || v[2] != '-' || v[35] != '-' || v[52] != '-') return 0;
+    for (int i = 0; i < 55; i++) {
+        if (i == 2 || i == 35 || i == 52) { low[i] = '-'; continue; }
+        int c = hex_lower((unsigned char)v[i]);
+        if (c < 0) return 0;
+        low[i] = (char)c;
+    }
+    if (low[0] == 'f' && low[1] == 'f') return 0;
+    int zero_trace = 1, zero_span = 1;
+    for (int i = 3; i < 35; i++) if (low[i] != '0') zero_trace = 0;
+    for (int i = 36; i < 52; i++) if (low[i] != '0') zero_span = 0;
+    if (zero_trace || zero_span) return 0;
+    memcpy(out, low + 3, 32);
+    memcpy(out + 32, low + 36, 16);
+    return 1;
+}
+
+/* Reads the header block data[at:at+n] when it is of the plain, common form: `NATS/1.0` and no
+ * status, `Name: value` lines, names of visible ASCII (at most 256), values of printable ASCII
+ * without `"` or `\\` once spaces and tabs around them are stripped (at most 4096), no name
+ * twice, at least one header. Returns how many, or -1 to leave the delivery to Python. */
+static int read_headers(const char *data, Py_ssize_t at, Py_ssize_t n, Header *h) {
+    Py_ssize_t end = at + n;
+    if (n < 10 || memcmp(data + at, "NATS/1.0\r\n", 10) != 0) return -1;
+    int count = 0;
+    Py_ssize_t p = at + 10;
+    while (p < end) {
+        Py_ssize_t eol = find_crlf(data, p, end);
+        if (eol < 0) return -1;
+        if (eol == p) { p += 2; continue; }  /* an empty line: the end of the block */
+        const char *colon = memchr(data + p, ':', (size_t)(eol - p));
+        if (!colon || count == MAX_HEADERS) return -1;
+        Py_ssize_t name_len = (colon - data) - p;
+        if (name_len < 1 || name_len > 256) return -1;
+        for (Py_ssize_t i = 0; i < name_len; i++) {
+            unsigned char c = (unsigned char)data[p + i];
+            if (c < 0x21 || c > 0x7e) return -1;
+        }
+        Py_ssize_t v = (colon - data) + 1, v_end = eol;
+        while (v < v_end && (data[v] == ' ' || data[v] == '\t')) v++;
+        while (v_end > v && (data[v_end - 1] == ' ' || data[v_end - 1] == '\t')) v_end--;
+        if (v_end - v > 4096) return -1;
+        for (Py_ssize_t i = v; i < v_end; i++) {
+            unsigned char c = (unsigned char)data[i];
+            if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') return -1;
+        }
+        for (int i = 0; i < count; i++)
+            if (h[i].name_len == name_len && memcmp(data + h[i].name_at, data + p, (size_t)name_len) == 0)
+                return -1;
+        h[count].name_at = p; h[count].name_len = name_len;
+        h[count].value_at = v; h[count].value_len = v_end - v;
+        count++;
+        p = eol + 2;
+    }
+    return count > 0 ? count : -1;
+}
+
+static inline char *put_text(char *o, const char *data, Py_ssize_t at, Py_ssize_t len) {
+    if (len < 0) return put32(o, -1);
+    o = put32(o, (int32_t)len);
+    memcpy(o, data + at, (size_t)len);
+    return o + len;
+}
 
 /* Add `n` events of the subject at data[at:at+len] to the subjects dict. */
 static int count_subject(PyObject *subjects, const char *data, Py_ssize_t at, Py_ssize_t len,
@@ -91,15 +193,29 @@ static int count_subject(PyObject *subjects, const char *data, Py_ssize_t at, Py
 
 static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "scan() takes 9 arguments");
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes 10 arguments");
         return NULL;
     }
     PyObject *data_obj = args[0], *rows = args[6], *subjects = args[7], *days = args[8];
     if (!PyBytes_Check(data_obj) || !PyByteArray_Check(rows) || !PyDict_Check(subjects) ||
         !PySet_Check(days)) {
-        PyErr_SetString(PyExc_TypeError, "scan(bytes, int, int, int, int, int, bytearray, dict, set)");
+        PyErr_SetString(PyExc_TypeError,
+                        "scan(bytes, int, int, int, int, int, bytearray, dict, set, bytes | None)");
         return NULL;
+    }
+    /* the service header's name (ASCII), or None: then headed deliveries are left to Python */
+    const char *service_name = NULL;
+    Py_ssize_t service_len = 0;
+    int headed_ok = 0;
+    if (args[9] != Py_None) {
+        if (!PyBytes_Check(args[9])) {
+            PyErr_SetString(PyExc_TypeError, "service_header must be bytes or None");
+            return NULL;
+        }
+        service_name = PyBytes_AS_STRING(args[9]);
+        service_len = PyBytes_GET_SIZE(args[9]);
+        headed_ok = 1;
     }
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
     long long stream_id = PyLong_AsLongLong(args[2]);
@@ -119,14 +235,21 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     /* runs of one subject are counted locally and added to the dict when the subject changes */
     Py_ssize_t run_at = -1, run_len = 0, run_n = 0;
 
-    while (pos + 4 <= end && memcmp(data + pos, "MSG ", 4) == 0) {
+    Header h[MAX_HEADERS];
+    for (;;) {
+        /* MSG <subject> <sid> <reply> <size> | HMSG <subject> <sid> <reply> <hdr size> <size> */
+        int headed;
+        if (pos + 4 <= end && memcmp(data + pos, "MSG ", 4) == 0) headed = 0;
+        else if (headed_ok && pos + 5 <= end && memcmp(data + pos, "HMSG ", 5) == 0) headed = 1;
+        else break;
         Py_ssize_t eol = find_crlf(data, pos, end);
         if (eol < 0) break;
-        /* four fields separated by single spaces: subject sid reply size */
-        Py_ssize_t at[4], len[4];
-        Py_ssize_t p = pos + 4;
+        /* 4 or 5 fields separated by single spaces */
+        const int want = 4 + headed;
+        Py_ssize_t at[5], len[5];
+        Py_ssize_t p = pos + 4 + headed;
         int fields = 0;
-        while (fields < 4) {
+        while (fields < want) {
             const char *sp = memchr(data + p, ' ', (size_t)(eol - p));
             Py_ssize_t stop = sp ? sp - data : eol;
             at[fields] = p;
@@ -135,10 +258,10 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             if (!sp) break;
             p = stop + 1;
         }
-        if (fields != 4 || at[3] + len[3] != eol) break;
-        for (int i = 0; i < 4; i++)
+        if (fields != want || at[want - 1] + len[want - 1] != eol) break;
+        for (int i = 0; i < want; i++)
             if (len[i] == 0) fields = 0;
-        if (fields != 4) break;
+        if (fields != want) break;
 
         const char *subject = data + at[0];
         Py_ssize_t subject_len = len[0];
@@ -165,14 +288,40 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         if (dots != 8) break;
         int64_t seq = number(reply + dot[4] + 1, dot[5] - dot[4] - 1, 19);
         int64_t ts_ns = number(reply + dot[6] + 1, dot[7] - dot[6] - 1, 19);
-        int64_t size = number(data + at[3], len[3], 9);
-        if (seq != next_seq || ts_ns < 0 || size < 0) break;
+        int64_t total = number(data + at[want - 1], len[want - 1], 9);
+        int64_t header_size = headed ? number(data + at[3], len[3], 9) : 0;
+        if (seq != next_seq || ts_ns < 0 || total < 0 || header_size < 0 || header_size > total)
+            break;
         Py_ssize_t start = eol + 2;
-        if (start + size + 2 > end) break;  /* not all here yet */
+        if (start + total + 2 > end) break;  /* not all here yet */
+
+        /* a headed delivery: its headers, and what the tap reads from them */
+        int n_headers = 0, has_trace = 0;
+        char trace[48];
+        Py_ssize_t msg_at = 0, msg_len = -1, svc_at = 0, svc_len = -1, doc_len = 0;
+        if (headed) {
+            n_headers = read_headers(data, start, (Py_ssize_t)header_size, h);
+            if (n_headers < 0) break;
+            int i = find_header(data, h, n_headers, "traceparent", 11);
+            if (i >= 0) has_trace = traceparent(data + h[i].value_at, h[i].value_len, trace);
+            i = find_header(data, h, n_headers, "Nats-Msg-Id", 11);
+            if (i >= 0 && h[i].value_len > 1024) break;
+            if (i >= 0 && h[i].value_len > 0) { msg_at = h[i].value_at; msg_len = h[i].value_len; }
+            i = service_len > 0 ? find_header(data, h, n_headers, service_name, service_len) : -1;
+            if (i >= 0 && h[i].value_len > 256) break;
+            if (i >= 0 && h[i].value_len > 0) { svc_at = h[i].value_at; svc_len = h[i].value_len; }
+            doc_len = 1 + 2 + (n_headers - 1);  /* version byte, {}, commas */
+            for (int k = 0; k < n_headers; k++) doc_len += h[k].name_len + h[k].value_len + 5;
+        }
+        Py_ssize_t payload_at = start + (Py_ssize_t)header_size;
+        int64_t size = total - header_size;
+        int tail = headed && (has_trace || msg_len >= 0 || svc_len >= 0);
 
         int64_t ts = floordiv(ts_ns + 500, 1000) - PG_EPOCH_US;
         Py_ssize_t kept = size > preview ? preview : (Py_ssize_t)size;
-        Py_ssize_t row_len = 2 + 12 * 3 + 4 + subject_len + 8 + 5 * 4 + 4 + kept + 5;
+        Py_ssize_t row_len = 2 + 12 * 3 + 4 + subject_len + 8 + 5 * 4 + 4 + kept + 5 + doc_len +
+                             (tail ? (msg_len > 0 ? msg_len : 0) + (has_trace ? 48 : 0) +
+                                     (svc_len > 0 ? svc_len : 0) : 0);
         Py_ssize_t old = PyByteArray_GET_SIZE(rows);
         if (PyByteArray_Resize(rows, old + row_len) < 0) return NULL;
         char *o = PyByteArray_AS_STRING(rows) + old;
@@ -182,9 +331,39 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         o = put32(o, 8); o = put64(o, ts);
         o = put32(o, (int32_t)subject_len); memcpy(o, subject, (size_t)subject_len); o += subject_len;
         o = put32(o, 4); o = put32(o, (int32_t)size);
-        for (int i = 0; i < 5; i++) o = put32(o, -1);  /* headers, msg_id, trace, span, service */
-        o = put32(o, (int32_t)kept); memcpy(o, data + start, (size_t)kept); o += kept;
+        if (headed) {  /* jsonb: version 1, then {"name":"value",...} in the block's order */
+            o = put32(o, (int32_t)doc_len);
+            *o++ = 1;
+            *o++ = '{';
+            for (int k = 0; k < n_headers; k++) {
+                if (k) *o++ = ',';
+                *o++ = '"'; memcpy(o, data + h[k].name_at, (size_t)h[k].name_len); o += h[k].name_len;
+                *o++ = '"'; *o++ = ':';
+                *o++ = '"'; memcpy(o, data + h[k].value_at, (size_t)h[k].value_len); o += h[k].value_len;
+                *o++ = '"';
+            }
+            *o++ = '}';
+        } else {
+            o = put32(o, -1);
+        }
+        if (tail) {  /* msg_id, trace_id, span_id, service */
+            o = put_text(o, data, msg_at, msg_len);
+            if (has_trace) {
+                o = put32(o, 32); memcpy(o, trace, 32); o += 32;
+                o = put32(o, 16); memcpy(o, trace + 32, 16); o += 16;
+            } else {
+                o = put32(o, -1); o = put32(o, -1);
+            }
+            o = put_text(o, data, svc_at, svc_len);
+        } else {
+            for (int i = 0; i < 4; i++) o = put32(o, -1);
+        }
+        o = put32(o, (int32_t)kept); memcpy(o, data + payload_at, (size_t)kept); o += kept;
         o = put32(o, 1); *o++ = (char)(size > preview);
+        if (o != PyByteArray_AS_STRING(rows) + old + row_len) {
+            PyErr_SetString(PyExc_SystemError, "eventbus._scan: row length miscounted");
+            return NULL;
+        }
 
         if (run_at >= 0 && (run_len != subject_len || memcmp(data + run_at, subject, (size_t)subject_len) != 0)) {
             if (count_subject(subjects, data, run_at, run_len, run_n) < 0) return NULL;
@@ -204,9 +383,12 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         }
         Recent *r = &ring[count % NEWEST];
         r->seq = seq; r->ts = ts; r->size = size; r->subject_at = at[0]; r->subject_len = subject_len;
+        r->msg_id_at = msg_at; r->msg_id_len = msg_len; r->service_at = svc_at; r->service_len = svc_len;
+        r->has_trace = has_trace;
+        if (has_trace) { memcpy(r->trace, trace, 32); r->trace[32] = 0; }
         count++;
         next_seq = seq + 1;
-        pos = start + size + 2;
+        pos = start + total + 2;
     }
     if (run_at >= 0 && count_subject(subjects, data, run_at, run_len, run_n) < 0) return NULL;
 
@@ -215,9 +397,12 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (!newest) return NULL;
     for (Py_ssize_t i = 0; i < keep; i++) {
         Recent *r = &ring[(count - keep + i) % NEWEST];
-        PyObject *item = Py_BuildValue("(LLy#LOOO)", (long long)r->seq, (long long)r->ts,
-                                       data + r->subject_at, r->subject_len, (long long)r->size,
-                                       Py_None, Py_None, Py_None);
+        PyObject *item = Py_BuildValue(
+            "(LLy#Lz#z#z#)", (long long)r->seq, (long long)r->ts, data + r->subject_at,
+            r->subject_len, (long long)r->size,
+            r->service_len < 0 ? NULL : data + r->service_at, r->service_len < 0 ? 0 : r->service_len,
+            r->has_trace ? r->trace : NULL, (Py_ssize_t)(r->has_trace ? 32 : 0),
+            r->msg_id_len < 0 ? NULL : data + r->msg_id_at, r->msg_id_len < 0 ? 0 : r->msg_id_len);
         if (!item) { Py_DECREF(newest); return NULL; }
         PyList_SET_ITEM(newest, i, item);
     }
@@ -226,7 +411,7 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
-     "scan(data, pos, stream_id, next_seq, preview, day, rows, subjects, days) -> "
+     "scan(data, pos, stream_id, next_seq, preview, day, rows, subjects, days, service_header) -> "
      "(pos, count, next_seq, day, newest): see eventbus.scan."},
     {NULL, NULL, 0, NULL},
 };

@@ -352,6 +352,8 @@ class WireConsumerObserver(ConsumerObserver):
         self.chunk: Chunk | None = None  # being filled from the current socket read
         self.arrived = 0  # deliveries of the current socket read, not yet `_request_done`
         self.scanned = 0  # events read by the scanner (the rest took `_take_frames`)
+        name = self.settings.service_header
+        self.service_header = name.encode() if name.isascii() else None  # None: headed -> Python
 
     async def _open(self) -> str:
         if self.fallback:
@@ -401,7 +403,7 @@ class WireConsumerObserver(ConsumerObserver):
         chunk = self.chunk or Chunk(self.stream_id, self.next_seq)
         after, count, next_seq, day, newest = scan(
             data, pos, self.stream_id, self.next_seq, self.settings.preview_bytes, chunk.day,
-            chunk.rows, chunk.subjects, chunk.day_numbers,
+            chunk.rows, chunk.subjects, chunk.day_numbers, self.service_header,
         )  # fmt: skip
         if count:
             chunk.count += count

@@ -16,7 +16,10 @@ else or anything less usual:
 So it only ever does the common case, and the general path stays the reference for all others.
 Two implementations with the same contract: `eventbus._scan` (C, built by `make`; see
 setup.py), about 15 times faster, and `scan_py` here, used when the C one is not built or
-`FLOWSCOPE_SCAN=python`. Tests hold them to the same results byte for byte.
+`FLOWSCOPE_SCAN=python`. Tests hold them to the same results byte for byte. The C one also reads
+headed deliveries (`HMSG`) of the common form: no status line, `Name: value` headers of
+printable ASCII that JSON needs not escape, no name twice; it writes them as `Chunk.add_headed`
+does, and tests hold it to the general path's rows for every case it takes.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from eventbus.records import (
 # (pos after the last frame read, frames read, next_seq, day of the last event, newest events)
 ScanResult = tuple[int, int, int, int, list[Recent]]
 Scan = Callable[
-    [bytes, int, int, int, int, int, bytearray, dict[bytes | str, int], set[int]], ScanResult
+    [bytes, int, int, int, int, int, bytearray, dict[bytes | str, int], set[int], bytes | None],
+    ScanResult,
 ]
 
 _INT64_MAX = 2**63 - 1
@@ -65,9 +69,12 @@ def scan_py(
     rows: bytearray,
     subjects: dict[bytes | str, int],
     days: set[int],
+    service_header: bytes | None = None,
 ) -> ScanResult:
     """Read plain deliveries from `data[pos:]` into `rows` (binary COPY), counting them per
-    subject in `subjects` and adding each new day (since 2000-01-01) to `days`."""
+    subject in `subjects` and adding each new day (since 2000-01-01) to `days`. (The C scanner
+    also reads headed deliveries, naming the service by `service_header`; this one leaves them
+    to the general path.)"""
     count = 0
     newest: list[Recent] = []
     end = len(data)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 Frame = tuple[bytes, bytes, bytes | None, bytes]
 FramesHandler = Callable[[list[Frame]], None]
 # fast(data, pos, frames) -> the position after what it read: an optional reader for runs of
-# MSG frames straight from the bytes (eventbus.scan). It first handles `frames`, the frames
+# MSG and HMSG frames straight from the bytes (eventbus.scan). It first handles `frames`, the frames
 # parsed so far and not yet handed over (order matters), and clears that list.
 FastReader = Callable[[bytes, int, list[Frame]], int]
 
@@ -79,12 +79,13 @@ class _Protocol(asyncio.Protocol):
         append = frames.append
         find, startswith = data.find, data.startswith
         pos, end_of_data = 0, len(data)
-        fast, fast_read = self.fast, False
+        fast, fast_called = self.fast, False
         while True:
-            if fast is not None and startswith(b"MSG ", pos):
+            if fast is not None and (startswith(b"MSG ", pos) or startswith(b"HMSG ", pos)):
+                fast_called = True  # it may have taken frames, or read some: end the read below
                 after = fast(data, pos, frames)
                 if after != pos:
-                    pos, fast_read = after, True
+                    pos = after
                     continue
             eol = find(_CRLF, pos)
             if eol < 0:
@@ -130,7 +131,7 @@ class _Protocol(asyncio.Protocol):
             # +OK and anything unknown: nothing to do
         if pos < end_of_data:
             self.rest, self.rest_size = [data[pos:]], end_of_data - pos
-        if frames or fast_read:
+        if frames or fast_called:
             self.on_frames(frames)  # for a fast reader: the end of this read
 
     def _write(self, data: bytes) -> None:

@@ -28,7 +28,7 @@ def delivery(subject: bytes, seq: int, payload: bytes, ts: int | None = None) ->
 
 def run(scanner, data: bytes, pos=0, next_seq=1, preview=64, day=-1):
     rows, subjects, days = bytearray(), dict[bytes | str, int](), set[int]()
-    result = scanner(data, pos, 5, next_seq, preview, day, rows, subjects, days)
+    result = scanner(data, pos, 5, next_seq, preview, day, rows, subjects, days, None)
     return result, bytes(rows), subjects, days
 
 
@@ -125,3 +125,112 @@ def test_c_and_python_agree_on_mangled_input():
             for scanner in (SCANNERS["c"], SCANNERS["python"])
         ]
         assert results[0] == results[1], (trial, data)
+
+
+# --- the C scanner inside the observer, against the observer's general path -----------------
+
+TRACE = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+HEADER_BLOCKS = [
+    b"Nats-Msg-Id: order-1\r\ntraceparent: " + TRACE + b"\r\nFlowscope-Service: orders\r\n",
+    b"traceparent: " + TRACE.upper().replace(b"F", b"f", 1) + b"\r\n",  # case: read, lowered
+    b"TraceParent:  \t" + TRACE + b" \r\nnats-msg-id: m\r\nflowscope-service: x\r\n",
+    b"Nats-Msg-Id: a\r\nNATS-MSG-ID: b\r\n",  # exact name first
+    b"nats-msg-id: a\r\nNATS-MSG-ID: b\r\n",  # else the first in any case
+    b"traceparent: ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n",
+    b"traceparent: 00-00000000000000000000000000000000-00f067aa0ba902b7-01\r\n",
+    b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01\r\n",
+    b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7\r\n",
+    b"traceparent: \r\nNats-Msg-Id:\r\nFlowscope-Service: \r\n",  # empty: None
+    b"Content-Type: application/json\r\n",
+    b'X-Quote: say "hi"\r\nX-Back: a\\b\r\n',  # JSON escapes: left to Python
+    b"X-Utf8: caf\xc3\xa9\r\nX-Bad: \xff\r\n",
+    b"X-Ctl: a\tb\r\nX-Nul: a\x00b\r\n",
+    b"A: 1\r\nA: 2\r\n",  # twice: the last value, left to Python
+    b" Spaced : v\r\nno colon\r\n",
+    b"Nats-Msg-Id: " + b"m" * 1025 + b"\r\nFlowscope-Service: " + b"s" * 300 + b"\r\n",
+    b"X-Long: " + b"v" * 5000 + b"\r\n",
+    b"",  # no headers at all
+]
+
+
+def headed(subject: bytes, seq: int, block: bytes, payload: bytes, status: bytes = b"") -> bytes:
+    head = b"NATS/1.0" + status + b"\r\n" + block + b"\r\n"
+    reply = b"$JS.ACK.ORDERS.tap.1.%d.%d.%d.0" % (seq, seq, T0 + seq)
+    return b"HMSG %s 7 %s %d %d\r\n%s%s\r\n" % (
+        subject,
+        reply,
+        len(head),
+        len(head) + len(payload),
+        head,
+        payload,
+    )
+
+
+async def observe(data: bytes, read_size: int, fast: bool) -> tuple[list[tuple[object, ...]], int]:
+    """What a real WireConsumerObserver hands its (real, never started) writer for `data`,
+    arriving `read_size` bytes at a time, with the scanner or with the general path only; and
+    how many events the scanner read."""
+    from eventbus import wire
+    from eventbus.observers import ObserverSettings, WireConsumerObserver
+    from eventbus.records import Gap
+    from eventbus.writer import Writer
+
+    writer = Writer("postgresql://never-connected/", buffer_size=10**9, buffer_bytes=2**40)
+    observer = WireConsumerObserver(
+        None, writer, "ORDERS", 5, 1, ObserverSettings(preview_bytes=64), tap_id="t"
+    )
+    protocol = wire._Protocol(observer._on_frames, observer._fast if fast else None)
+    for i in range(0, len(data), read_size):
+        protocol.data_received(data[i : i + read_size])
+    # the rows, joined: where chunks end depends on reads, not on the path taken
+    out: list[tuple[object, ...]] = []
+    rows = bytearray()
+    subjects: dict[object, int] = {}
+    recent: list[object] = []
+    for item in writer.items:
+        if isinstance(item, Gap):
+            out.append(("rows", bytes(rows), dict(subjects)))
+            out.append(("gap", item.first_seq, item.last_seq))
+            rows.clear()
+            subjects.clear()
+            continue
+        rows += item.rows
+        for subject, n in item.subjects.items():
+            subjects[subject] = subjects.get(subject, 0) + n
+        recent += item.recent
+        out.append(("days", sorted(item.day_numbers), item.last_seq))
+    out.append(("rows", bytes(rows), dict(subjects)))
+    out.append(("recent", recent[-3:]))
+    out.append(("next", observer.next_seq))
+    return out, observer.scanned
+
+
+@pytest.mark.skipif("c" not in SCANNERS, reason="the C scanner is not built")
+async def test_the_c_scanner_writes_what_the_general_path_writes():
+    rnd = random.Random(7)
+    seq, parts = 0, []
+    for _ in range(400):
+        seq += 1
+        kind = rnd.random()
+        payload = rnd.choice([b"", b"{}", rnd.randbytes(rnd.randint(0, 100))])
+        subject = rnd.choice([b"orders.created", b"orders.paid", "orders.ü".encode()])
+        if kind < 0.3:
+            parts.append(delivery(subject, seq, payload))
+        elif kind < 0.9:
+            parts.append(headed(subject, seq, rnd.choice(HEADER_BLOCKS), payload))
+        elif kind < 0.94:
+            seq += rnd.randint(1, 3)  # a gap
+            parts.append(headed(subject, seq, HEADER_BLOCKS[0], payload))
+        elif kind < 0.97:
+            parts.append(delivery(subject, seq - 1, payload))  # a re-delivery: skipped
+            seq -= 1
+        else:
+            parts.append(headed(b"_INBOX.x", seq, b"", b"", b" 100 Idle Heartbeat"))
+            seq -= 1
+    data = b"".join(parts)
+    for read_size in (7, 300, 4096, len(data)):
+        general, none = await observe(data, read_size, fast=False)
+        scanned, by_c = await observe(data, read_size, fast=True)
+        assert scanned == general, read_size  # the same rows, gaps, counts, days, newest
+        assert scanned[-1] == ("next", seq + 1)
+        assert none == 0 and by_c > 150, by_c  # most plain and common-form headed ones
