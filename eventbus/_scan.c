@@ -20,6 +20,8 @@
 #define NEWEST 20
 #define PG_EPOCH_US 946684800000000LL
 #define DAY_US 86400000000LL
+/* \t \n \v \f \r: where the wire's bytes.split() also splits a control line (besides ' ') */
+#define SPLIT_SPACE(c) ((c) >= '\t' && (c) <= '\r')
 
 /* A decimal token of 1..digits digits that fits int64, else -1. */
 static int64_t number(const char *p, Py_ssize_t n, Py_ssize_t digits) {
@@ -146,7 +148,7 @@ static int read_headers(const char *data, Py_ssize_t at, Py_ssize_t n, Header *h
         if (name_len < 1 || name_len > 256) return -1;
         for (Py_ssize_t i = 0; i < name_len; i++) {
             unsigned char c = (unsigned char)data[p + i];
-            if (c < 0x21 || c > 0x7e) return -1;
+            if (c < 0x21 || c > 0x7e || c == '"' || c == '\\') return -1;
         }
         Py_ssize_t v = (colon - data) + 1, v_end = eol;
         while (v < v_end && (data[v] == ' ' || data[v] == '\t')) v++;
@@ -218,15 +220,21 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         headed_ok = 1;
     }
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) return NULL;
     long long stream_id = PyLong_AsLongLong(args[2]);
-    long long next_seq = PyLong_AsLongLong(args[3]);
+    if (stream_id == -1 && PyErr_Occurred()) return NULL;
+    int beyond = 0;  /* a next_seq past int64 (a stream sequence of 2^63 and more): read nothing */
+    long long next_seq = PyLong_AsLongLongAndOverflow(args[3], &beyond);
+    if (next_seq == -1 && PyErr_Occurred()) return NULL;
     Py_ssize_t preview = PyLong_AsSsize_t(args[4]);
+    if (preview == -1 && PyErr_Occurred()) return NULL;
     long long day = PyLong_AsLongLong(args[5]);
-    if (PyErr_Occurred()) return NULL;
+    if (day == -1 && PyErr_Occurred()) return NULL;
     if (pos < 0 || preview < 0) {
         PyErr_SetString(PyExc_ValueError, "pos and preview must not be negative");
         return NULL;
     }
+    if (beyond) return Py_BuildValue("(nnOLN)", pos, (Py_ssize_t)0, args[3], day, PyList_New(0));
 
     const char *data = PyBytes_AS_STRING(data_obj);
     const Py_ssize_t end = PyBytes_GET_SIZE(data_obj);
@@ -239,8 +247,9 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     for (;;) {
         /* MSG <subject> <sid> <reply> <size> | HMSG <subject> <sid> <reply> <hdr size> <size> */
         int headed;
-        if (pos + 4 <= end && memcmp(data + pos, "MSG ", 4) == 0) headed = 0;
-        else if (headed_ok && pos + 5 <= end && memcmp(data + pos, "HMSG ", 5) == 0) headed = 1;
+        if (pos > end) break;  /* and no pos + 4 that could overflow */
+        if (end - pos >= 4 && memcmp(data + pos, "MSG ", 4) == 0) headed = 0;
+        else if (headed_ok && end - pos >= 5 && memcmp(data + pos, "HMSG ", 5) == 0) headed = 1;
         else break;
         Py_ssize_t eol = find_crlf(data, pos, end);
         if (eol < 0) break;
@@ -269,8 +278,10 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         int plain = 1;
         for (Py_ssize_t i = 0; i < subject_len; i++) {
             unsigned char c = (unsigned char)subject[i];
-            if (c == 0 || c > 0x7f) { plain = 0; break; }
+            if (c == 0 || c > 0x7f || SPLIT_SPACE(c)) { plain = 0; break; }
         }
+        for (Py_ssize_t i = 0; i < len[1]; i++)  /* the sid */
+            if (SPLIT_SPACE((unsigned char)data[at[1] + i])) plain = 0;
         if (!plain) break;
 
         /* reply: $JS.ACK. and exactly 8 dots; tokens 5 (stream seq) and 7 (timestamp) */
@@ -280,6 +291,7 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         Py_ssize_t dot[8];
         int dots = 0;
         for (Py_ssize_t i = 0; i < reply_len; i++) {
+            if (SPLIT_SPACE((unsigned char)reply[i])) { dots = -1; break; }
             if (reply[i] == '.') {
                 if (dots == 8) { dots = 9; break; }
                 dot[dots++] = i;
@@ -290,7 +302,7 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         int64_t ts_ns = number(reply + dot[6] + 1, dot[7] - dot[6] - 1, 19);
         int64_t total = number(data + at[want - 1], len[want - 1], 9);
         int64_t header_size = headed ? number(data + at[3], len[3], 9) : 0;
-        if (seq != next_seq || ts_ns < 0 || total < 0 || header_size < 0 || header_size > total)
+        if (seq != next_seq || seq == INT64_MAX || ts_ns < 0 || total < 0 || header_size < 0 || header_size > total)
             break;
         Py_ssize_t start = eol + 2;
         if (start + total + 2 > end) break;  /* not all here yet */
@@ -317,7 +329,7 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         int64_t size = total - header_size;
         int tail = headed && (has_trace || msg_len >= 0 || svc_len >= 0);
 
-        int64_t ts = floordiv(ts_ns + 500, 1000) - PG_EPOCH_US;
+        int64_t ts = ts_ns / 1000 + (ts_ns % 1000 >= 500) - PG_EPOCH_US;  /* (ts_ns+500)//1000 */
         Py_ssize_t kept = size > preview ? preview : (Py_ssize_t)size;
         Py_ssize_t row_len = 2 + 12 * 3 + 4 + subject_len + 8 + 5 * 4 + 4 + kept + 5 + doc_len +
                              (tail ? (msg_len > 0 ? msg_len : 0) + (has_trace ? 48 : 0) +

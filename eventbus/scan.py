@@ -75,6 +75,8 @@ def scan_py(
     subject in `subjects` and adding each new day (since 2000-01-01) to `days`. (The C scanner
     also reads headed deliveries, naming the service by `service_header`; this one leaves them
     to the general path.)"""
+    if pos < 0 or preview < 0:
+        raise ValueError("pos and preview must not be negative")
     count = 0
     newest: list[Recent] = []
     end = len(data)
@@ -83,8 +85,9 @@ def scan_py(
         eol = find(_CRLF, pos)
         if eol < 0:
             break
-        parts = data[pos + 4 : eol].split(b" ")
-        if len(parts) != 4 or b"" in parts:
+        line = data[pos + 4 : eol]
+        parts = line.split(b" ")
+        if len(parts) != 4 or parts != line.split():  # as the wire splits it: no other whitespace
             break
         subject, _sid, reply, size_token = parts
         if len(subject) > MAX_SUBJECT or not subject.isascii():

@@ -80,55 +80,60 @@ class _Protocol(asyncio.Protocol):
         find, startswith = data.find, data.startswith
         pos, end_of_data = 0, len(data)
         fast, fast_called = self.fast, False
-        while True:
-            if fast is not None and (startswith(b"MSG ", pos) or startswith(b"HMSG ", pos)):
-                fast_called = True  # it may have taken frames, or read some: end the read below
-                after = fast(data, pos, frames)
-                if after != pos:
-                    pos = after
+        try:
+            while True:
+                if fast is not None and (startswith(b"MSG ", pos) or startswith(b"HMSG ", pos)):
+                    fast_called = True  # it may have taken frames, or read some: end the read below
+                    after = fast(data, pos, frames)
+                    if after != pos:
+                        pos = after
+                        continue
+                eol = find(_CRLF, pos)
+                if eol < 0:
+                    if end_of_data - pos > MAX_CONTROL_LINE:
+                        self._fail("control line too long")
+                    break
+                if startswith(b"MSG ", pos):  # MSG <subject> <sid> [reply] <size>
+                    parts = data[pos:eol].split()
+                    start = eol + 2
+                    stop = start + int(parts[-1])
+                    if stop + 2 > end_of_data:
+                        self.need = stop + 2 - pos  # the rest of this message is on its way
+                        break
+                    append((parts[1], parts[3] if len(parts) == 5 else b"", None, data[start:stop]))
+                    pos = stop + 2
                     continue
-            eol = find(_CRLF, pos)
-            if eol < 0:
-                if end_of_data - pos > MAX_CONTROL_LINE:
-                    self._fail("control line too long")
-                break
-            if startswith(b"MSG ", pos):  # MSG <subject> <sid> [reply] <size>
-                parts = data[pos:eol].split()
-                start = eol + 2
-                stop = start + int(parts[-1])
-                if stop + 2 > end_of_data:
-                    self.need = stop + 2 - pos  # the rest of this message is on its way
-                    break
-                append((parts[1], parts[3] if len(parts) == 5 else b"", None, data[start:stop]))
-                pos = stop + 2
-                continue
-            if startswith(b"HMSG", pos):  # HMSG <subject> <sid> [reply] <header size> <size>
-                parts = data[pos:eol].split()
-                start = eol + 2
-                stop = start + int(parts[-1])
-                if stop + 2 > end_of_data:
-                    self.need = stop + 2 - pos
-                    break
-                split = start + int(parts[-2])
-                append((parts[1], parts[3] if len(parts) == 6 else b"", data[start:split],
-                        data[split:stop]))  # fmt: skip
-                pos = stop + 2
-                continue
-            line = data[pos:eol]
-            pos = eol + 2
-            if line == b"PING":
-                self._write(b"PONG\r\n")
-            elif line == b"PONG":
-                if self.pongs:
-                    self.pongs.pop(0).set_result(None)
-            elif line.startswith(b"INFO "):
-                if not self.info.done():
-                    self.info.set_result(json.loads(line[5:]))
-            elif line.startswith(b"-ERR"):
-                self.error = line[5:].decode(errors="replace").strip(" '")
-                if "permissions violation" not in self.error.lower():
-                    self._fail(self.error)
-            # +OK and anything unknown: nothing to do
+                if startswith(b"HMSG", pos):  # HMSG <subject> <sid> [reply] <header size> <size>
+                    parts = data[pos:eol].split()
+                    start = eol + 2
+                    stop = start + int(parts[-1])
+                    if stop + 2 > end_of_data:
+                        self.need = stop + 2 - pos
+                        break
+                    split = start + int(parts[-2])
+                    append((parts[1], parts[3] if len(parts) == 6 else b"", data[start:split],
+                            data[split:stop]))  # fmt: skip
+                    pos = stop + 2
+                    continue
+                line = data[pos:eol]
+                pos = eol + 2
+                if line == b"PING":
+                    self._write(b"PONG\r\n")
+                elif line == b"PONG":
+                    if self.pongs:
+                        self.pongs.pop(0).set_result(None)
+                elif line.startswith(b"INFO "):
+                    if not self.info.done():
+                        self.info.set_result(json.loads(line[5:]))
+                elif line.startswith(b"-ERR"):
+                    self.error = line[5:].decode(errors="replace").strip(" '")
+                    if "permissions violation" not in self.error.lower():
+                        self._fail(self.error)
+                # +OK and anything unknown: nothing to do
+        except Exception:  # the connection fails; what the fast reader took is past next_seq
+            if fast_called:
+                self.on_frames([])  # so hand it over, or it is lost without a gap
+            raise
         if pos < end_of_data:
             self.rest, self.rest_size = [data[pos:]], end_of_data - pos
         if frames or fast_called:

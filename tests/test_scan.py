@@ -43,7 +43,7 @@ def test_the_c_scanner_is_built():
 @pytest.mark.parametrize("name", sorted(SCANNERS))
 def test_rows_are_those_of_add_plain(name):
     payloads = [b"", b"x", bytes(range(256)), b"\xff\xfe invalid utf-8 \xc3", b"y" * 64, b"y" * 65]
-    subjects = [b"orders.created", b"orders.paid", b"orders.created", b"a.b.c\tt", b"z", b"z"]
+    subjects = [b"orders.created", b"orders.paid", b"orders.created", b"a.b.c~t", b"z", b"z"]
     events = list(enumerate(zip(subjects, payloads, strict=True)))
     data = b"".join(delivery(s, 10 + i, p) for i, (s, p) in events)
     (pos, count, next_seq, day, newest), rows, counts, days = run(SCANNERS[name], data, next_seq=10)
@@ -54,7 +54,7 @@ def test_rows_are_those_of_add_plain(name):
     assert (pos, count, next_seq) == (len(data), 6, 16)
     assert rows == bytes(expected.rows)  # 256 and 65 bytes truncated to the preview, 64 not
     assert counts == expected.subjects == {b"orders.created": 2, b"orders.paid": 1,
-                                           b"a.b.c\tt": 1, b"z": 2}  # fmt: skip
+                                           b"a.b.c~t": 1, b"z": 2}  # fmt: skip
     assert days == expected.day_numbers and day == expected.day
     assert newest == expected.recent
 
@@ -78,6 +78,10 @@ def test_it_stops_where_the_general_path_must_take_over(name):
         "signed sequence": b"MSG s 7 $JS.ACK.S.c.1.+2.2.1.0 1\r\np\r\n",
         "huge sequence": b"MSG s 7 $JS.ACK.S.c.1.99999999999999999999.2.1.0 1\r\np\r\n",
         "PING": b"PING\r\n",
+        # the wire splits control lines on any ASCII whitespace: it would not read these as one
+        "tab in subject": delivery(b"a\tb", 2, b"p"),
+        "VT in sid": b"MSG s 7\x0b8 $JS.ACK.S.c.1.2.2.1.0 1\r\np\r\n",
+        "LF in reply": b"MSG s 7 $JS.ACK.S\nX.c.1.2.2.1.0 1\r\np\r\n",
     }
     _, good_rows, _, _ = run(scanner, good)
     for what, tail in stoppers.items():
@@ -234,3 +238,52 @@ async def test_the_c_scanner_writes_what_the_general_path_writes():
         assert scanned == general, read_size  # the same rows, gaps, counts, days, newest
         assert scanned[-1] == ("next", seq + 1)
         assert none == 0 and by_c > 150, by_c  # most plain and common-form headed ones
+
+
+def test_edge_numbers_and_positions():
+    """Timestamps near int64's end, the last sequence, and positions anywhere (incl. huge)."""
+    for name, scanner in SCANNERS.items():
+        for ts in (2**63 - 1, 2**63 - 500, 2**63 - 501):
+            (_, count, _, _, newest), _, _, _ = run(scanner, delivery(b"s", 1, b"p", ts))
+            assert count == 1 and newest[0][1] == ns_to_pg_micros(ts), (name, ts)
+        data = delivery(b"s", 2**63 - 1, b"p")
+        if name == "c":  # it leaves the last int64 sequence to Python (seq + 1 would overflow)
+            assert run(scanner, data, next_seq=2**63 - 1)[0][:3] == (0, 0, 2**63 - 1)
+            assert run(scanner, data, next_seq=2**63)[0][:3] == (0, 0, 2**63)
+        with pytest.raises(ValueError):
+            run(scanner, data, pos=-1)
+        good = delivery(b"s", 1, b"p")
+        for pos in (len(good), len(good) + 1, 2**62, 2**63 - 5, 2**63 - 1):
+            assert run(scanner, good, pos=pos)[0][:2] == (pos, 0), (name, pos)
+
+
+@pytest.mark.skipif("c" not in SCANNERS, reason="the C scanner is not built")
+async def test_header_names_json_escapes_are_left_to_python():
+    data = b"".join(
+        headed(b"s", i + 1, block, b"p")
+        for i, block in enumerate([b'A"B: 1\r\n', b"A\\B: 1\r\n", b"A: 1\r\n"])
+    )
+    for read_size in (5, len(data)):
+        general, _ = await observe(data, read_size, fast=False)
+        scanned, _ = await observe(data, read_size, fast=True)
+        assert scanned == general
+
+
+async def test_what_the_scanner_read_is_handed_over_when_the_connection_then_fails():
+    """A frame the wire cannot parse fails the connection; the events the scanner read before
+    it are past `next_seq` already, so they must reach the writer, not vanish with the read."""
+    data = delivery(b"s", 1, b"p") + delivery(b"s", 2, b"q") + b"MSG s 7 x\r\n"
+    for fast in (False, True):
+        with pytest.raises(ValueError):
+            await observe(data, len(data), fast=fast)
+    from eventbus import wire
+    from eventbus.observers import ObserverSettings, WireConsumerObserver
+    from eventbus.writer import Writer
+
+    writer = Writer("postgresql://never-connected/")
+    observer = WireConsumerObserver(None, writer, "ORDERS", 5, 1, ObserverSettings(), tap_id="t")
+    protocol = wire._Protocol(observer._on_frames, observer._fast)
+    with pytest.raises(ValueError):
+        protocol.data_received(data)
+    assert observer.next_seq == 3 and observer.scanned == 2
+    assert [(c.first_seq, c.last_seq, c.count) for c in writer.items] == [(1, 2, 2)]
