@@ -3,6 +3,8 @@ the general path's row encoder, and against each other on thousands of mangled i
 
 import os
 import random
+import shutil
+import sysconfig
 
 import pytest
 
@@ -33,9 +35,13 @@ def run(scanner, data: bytes, pos=0, next_seq=1, preview=64, day=-1):
 
 
 def test_the_c_scanner_is_built():
-    """`make` builds eventbus/_scan.c; the tap is about twice as slow without it."""
+    """`make` builds eventbus/_scan.c wherever there is a C compiler (the tap reads about five
+    times as fast with it); where there is none, the tap runs the Python twin."""
     if os.environ.get("FLOWSCOPE_SCAN") == "python":
         pytest.skip("FLOWSCOPE_SCAN=python: the Python scanner is chosen on purpose")
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if not shutil.which(os.environ.get("CC", compiler)):
+        pytest.skip(f"no C compiler ({compiler}) on this machine: the Python scanner runs")
     assert "c" in SCANNERS, "eventbus._scan is not built: run `make` (needs a C compiler)"
     assert scan_module.IMPLEMENTATION == "c"
 
@@ -209,8 +215,8 @@ async def observe(data: bytes, read_size: int, fast: bool) -> tuple[list[tuple[o
     return out, observer.scanned
 
 
-@pytest.mark.skipif("c" not in SCANNERS, reason="the C scanner is not built")
-async def test_the_c_scanner_writes_what_the_general_path_writes():
+async def test_the_scanner_writes_what_the_general_path_writes():
+    """With the scanner in use (C, or Python under FLOWSCOPE_SCAN=python) against without."""
     rnd = random.Random(7)
     seq, parts = 0, []
     for _ in range(400):
@@ -237,7 +243,8 @@ async def test_the_c_scanner_writes_what_the_general_path_writes():
         scanned, by_c = await observe(data, read_size, fast=True)
         assert scanned == general, read_size  # the same rows, gaps, counts, days, newest
         assert scanned[-1] == ("next", seq + 1)
-        assert none == 0 and by_c > 150, by_c  # most plain and common-form headed ones
+        # C: most plain and common-form headed ones; Python: the plain ones on ASCII subjects
+        assert none == 0 and by_c > (150 if scan_module.IMPLEMENTATION == "c" else 60), by_c
 
 
 def test_edge_numbers_and_positions():
