@@ -395,8 +395,9 @@ class WireConsumerObserver(ConsumerObserver):
         await super()._cleanup()
 
     def _fast(self, data: bytes, pos: int, frames: list[wire.Frame]) -> int:
-        """The wire's fast reader: a run of plain deliveries straight into the open chunk
-        (eventbus.scan), after the frames parsed before them."""
+        """The wire's fast reader: the run of deliveries eventbus.scan can read (the next
+        sequences, plain subjects, no headers or common ones) straight into the open chunk,
+        after the frames parsed before them."""
         if frames:
             self._take_frames(frames)
             frames.clear()
