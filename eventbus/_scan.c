@@ -432,4 +432,16 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_scan", "C implementation of eventbus.scan.scan_py.", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__scan(void) { return PyModule_Create(&module); }
+#ifndef SOURCE_SHA256
+#define SOURCE_SHA256 ""
+#endif
+
+PyMODINIT_FUNC PyInit__scan(void) {
+    PyObject *m = PyModule_Create(&module);
+    /* setup.py passes the SHA-256 of this file: eventbus/scan.py refuses a binary of older source */
+    if (m && PyModule_AddStringConstant(m, "SOURCE_SHA256", SOURCE_SHA256) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -420,17 +420,19 @@ class WireConsumerObserver(ConsumerObserver):
     def _on_frames(self, frames: list[wire.Frame]) -> None:
         """The end of one socket read: what is left of it, then the open chunk to the writer."""
         self.last_activity = time.monotonic()
-        if frames:
-            self._take_frames(frames)
-        if self.chunk is not None:
-            self._hand_over(self.chunk)
-            self.chunk = None
-        if self.arrived:
-            self._request_done(self.arrived)
-            self.arrived = 0
-        if self.pending and self.conn is not None:
-            self.conn.pause()  # TCP pushes back; `_relieve()` resumes once the writer took them
-            self.wake.set()
+        try:
+            if frames:
+                self._take_frames(frames)
+        finally:  # even when a frame failed: what was read before it is past `next_seq`
+            if self.chunk is not None:
+                self._hand_over(self.chunk)
+                self.chunk = None
+            if self.arrived:
+                self._request_done(self.arrived)
+                self.arrived = 0
+            if self.pending and self.conn is not None:
+                self.conn.pause()  # TCP pushes back; `_relieve()` resumes once the writer took them
+                self.wake.set()
 
     def _take_frames(self, frames: list[wire.Frame]) -> None:
         """`_take`'s work for frames the fast reader left (headers, gaps, statuses, odd subjects
@@ -440,46 +442,49 @@ class WireConsumerObserver(ConsumerObserver):
         chunk = self.chunk
         plain = self.plain_subjects
         service_header = self.settings.service_header
-        for subject, reply, raw_headers, payload in frames:
-            headers: dict[str, str] | None = None
-            if raw_headers is not None:
-                status, description, headers = wire.parse_headers(raw_headers)
-                if status:
-                    if self.arrived:
-                        self._request_done(self.arrived)
-                        self.arrived = 0
-                    self._status(status, description)
+        try:
+            for subject, reply, raw_headers, payload in frames:
+                headers: dict[str, str] | None = None
+                if raw_headers is not None:
+                    status, description, headers = wire.parse_headers(raw_headers)
+                    if status:
+                        if self.arrived:
+                            self._request_done(self.arrived)
+                            self.arrived = 0
+                        self._status(status, description)
+                        continue
+                position = ack_position(reply)
+                if position is None:
                     continue
-            position = ack_position(reply)
-            if position is None:
-                continue
-            self.arrived += 1
-            seq, ts_ns = position
-            if seq != next_seq:
-                if seq < next_seq:
-                    continue  # already recorded (a re-delivery after we recreated the consumer)
-                if chunk is not None:
-                    self._hand_over(chunk)
-                    chunk = None
-                self._offer(Gap(self.stream_id, next_seq, seq - 1, GAP_REASON))
-            next_seq = seq + 1
-            if chunk is None:
-                chunk = Chunk(self.stream_id, seq)
-            ts = ns_to_pg_micros(ts_ns)
-            is_plain = plain.get(subject)
-            if is_plain is None:
-                if len(plain) > 10_000:
-                    plain.clear()
-                is_plain = plain[subject] = plain_subject(subject)
-            if not is_plain:
-                text = subject.decode("utf-8", "replace")
-                chunk.add_record(self._build(seq, ts, text, payload, headers or None))
-            elif headers:
-                chunk.add_headed(seq, ts, subject, payload, preview, headers, service_header)
-            else:
-                chunk.add_plain(seq, ts, subject, payload, preview)
-        self.chunk = chunk
-        self.next_seq = next_seq
+                self.arrived += 1
+                seq, ts_ns = position
+                if seq != next_seq:
+                    if seq < next_seq:
+                        continue  # already recorded (a re-delivery after we recreated the consumer)
+                    if chunk is not None:
+                        self._hand_over(chunk)
+                        chunk = None
+                    self._offer(Gap(self.stream_id, next_seq, seq - 1, GAP_REASON))
+                    next_seq = seq
+                if chunk is None:
+                    chunk = Chunk(self.stream_id, seq)
+                ts = ns_to_pg_micros(ts_ns)
+                is_plain = plain.get(subject)
+                if is_plain is None:
+                    if len(plain) > 10_000:
+                        plain.clear()
+                    is_plain = plain[subject] = plain_subject(subject)
+                if not is_plain:
+                    text = subject.decode("utf-8", "replace")
+                    chunk.add_record(self._build(seq, ts, text, payload, headers or None))
+                elif headers:
+                    chunk.add_headed(seq, ts, subject, payload, preview, headers, service_header)
+                else:
+                    chunk.add_plain(seq, ts, subject, payload, preview)
+                next_seq = seq + 1  # only once its row is in the chunk
+        finally:  # what is in the chunk and `next_seq` agree, even if a frame failed
+            self.chunk = chunk if chunk is not None and chunk.count else None
+            self.next_seq = next_seq
 
 
 def republish_pattern(dest: str) -> str:
