@@ -348,7 +348,6 @@ class WireConsumerObserver(ConsumerObserver):
         super().__init__(*args, **kwargs)
         self.conn: wire.WireConnection | None = None
         self.fallback = False
-        self.plain_subjects: dict[bytes, bool] = {}  # subject -> `plain_subject(subject)`
         self.chunk: Chunk | None = None  # being filled from the current socket read
         self.arrived = 0  # deliveries of the current socket read, not yet `_request_done`
         self.scanned = 0  # events read by the scanner (the rest took `_take_frames`)
@@ -440,7 +439,6 @@ class WireConsumerObserver(ConsumerObserver):
         next_seq = self.next_seq
         preview = self.settings.preview_bytes
         chunk = self.chunk
-        plain = self.plain_subjects
         service_header = self.settings.service_header
         try:
             for subject, reply, raw_headers, payload in frames:
@@ -469,12 +467,7 @@ class WireConsumerObserver(ConsumerObserver):
                 if chunk is None:
                     chunk = Chunk(self.stream_id, seq)
                 ts = ns_to_pg_micros(ts_ns)
-                is_plain = plain.get(subject)
-                if is_plain is None:
-                    if len(plain) > 10_000:
-                        plain.clear()
-                    is_plain = plain[subject] = plain_subject(subject)
-                if not is_plain:
+                if not plain_subject(subject):
                     text = subject.decode("utf-8", "replace")
                     chunk.add_record(self._build(seq, ts, text, payload, headers or None))
                 elif headers:

@@ -133,14 +133,13 @@ def header(headers: dict[str, str] | None, name: str) -> str | None:
 
 def ack_position(reply: bytes) -> tuple[int, int] | None:
     """(stream sequence, stream timestamp in ns) from a delivery's raw reply subject: what the
-    tap's hot path needs of `parse_ack_subject`, without building an AckMeta per message."""
+    tap needs of `parse_ack_subject`, without building an AckMeta."""
+    tokens = reply.split(b".")
+    o = _ack_offset(tokens)
+    if o is None:
+        return None
     try:
-        if reply.count(b".") == 8 and reply.startswith(b"$JS.ACK."):  # the 9-token form
-            _, seq, _, ts, _ = reply.rsplit(b".", 4)
-            return int(seq), int(ts)
-        tokens = reply.split(b".")
-        o = _ack_offset(tokens)
-        return None if o is None else (int(tokens[o + 3]), int(tokens[o + 5]))
+        return int(tokens[o + 3]), int(tokens[o + 5])
     except ValueError:
         return None
 
@@ -253,7 +252,6 @@ _PLAIN_HEAD = struct.Struct("!hiqiqiqi").pack
 # size, headers .. service all NULL, the payload's length (its bytes follow)
 _PLAIN_MID = struct.Struct("!iiiiiiii").pack
 _LEN = struct.Struct("!i").pack
-_INT2 = struct.Struct("!h").pack
 _INT8_FIELD = struct.Struct("!iq").pack
 _HEAD = struct.Struct("!hiq").pack  # count, stream_id
 _SEQ_HEAD = struct.Struct("!hiqiq").pack  # count, stream_id, seq
@@ -338,6 +336,30 @@ def plain_subject(subject: bytes) -> bool:
     return subject.isascii() and len(subject) <= MAX_SUBJECT and b"\x00" not in subject
 
 
+def write_plain_row(
+    rows: bytearray,
+    stream_id: int,
+    seq: int,
+    ts: int,
+    subject: bytes,
+    payload: bytes,
+    preview: int,
+) -> None:
+    """Append the row of an event without headers on a `plain_subject` to `rows`: what
+    `encode_record` writes for it, without the record."""
+    size = len(payload)
+    rows += _PLAIN_HEAD(COPY_COLUMNS, 8, stream_id, 8, seq, 8, ts, len(subject))
+    rows += subject
+    if size > preview:
+        rows += _PLAIN_MID(4, size, -1, -1, -1, -1, -1, preview)
+        rows += payload[:preview]
+        rows += _TRUE
+    else:
+        rows += _PLAIN_MID(4, size, -1, -1, -1, -1, -1, size)
+        rows += payload
+        rows += _FALSE
+
+
 # The latest events of a chunk, for the digest: (seq, ts in pg_micros, subject, size, service,
 # trace id, msg id). The subject is raw bytes from the fast path, else text.
 Recent = tuple[int | None, int, bytes | str, int, str | None, str | None, str | None]
@@ -376,28 +398,9 @@ class Chunk:
         return len(self.rows)
 
     def add_plain(self, seq: int, ts: int, subject: bytes, payload: bytes, preview: int) -> None:
-        """The common case, kept short (once per event): no headers, a `plain_subject`. It does
-        what `_count` does, inline."""
-        size = len(payload)
-        rows = self.rows
-        rows += _PLAIN_HEAD(COPY_COLUMNS, 8, self.stream_id, 8, seq, 8, ts, len(subject))
-        rows += subject
-        if size > preview:
-            rows += _PLAIN_MID(4, size, -1, -1, -1, -1, -1, preview)
-            rows += payload[:preview]
-            rows += _TRUE
-        else:
-            rows += _PLAIN_MID(4, size, -1, -1, -1, -1, -1, size)
-            rows += payload
-            rows += _FALSE
-        subjects = self.subjects
-        subjects[subject] = subjects.get(subject, 0) + 1
-        if ts // _DAY_US != self.day:
-            self.day = ts // _DAY_US
-            self.day_numbers.add(self.day)
-        self.count += 1
-        self.last_seq = seq
-        self.recent.append((seq, ts, subject, size, None, None, None))
+        """An event without headers on a `plain_subject`."""
+        write_plain_row(self.rows, self.stream_id, seq, ts, subject, payload, preview)
+        self._count(seq, ts, subject, len(payload), None, None, None)
 
     def add_headed(
         self,

@@ -33,15 +33,11 @@ from pathlib import Path
 
 from eventbus.records import (
     _DAY_US,
-    _FALSE,
-    _PG_EPOCH_US,
-    _PLAIN_HEAD,
-    _PLAIN_MID,
-    _TRUE,
-    COPY_COLUMNS,
-    MAX_SUBJECT,
     NEWEST,
     Recent,
+    ns_to_pg_micros,
+    plain_subject,
+    write_plain_row,
 )
 
 # (pos after the last frame read, frames read, next_seq, day of the last event, newest events)
@@ -94,9 +90,9 @@ def scan_py(
         if len(parts) != 4 or parts != line.split():  # as the wire splits it: no other whitespace
             break
         subject, _sid, reply, size_token = parts
-        if len(subject) > MAX_SUBJECT or not subject.isascii():
+        if not plain_subject(subject):
             break
-        if b"\x00" in subject or not reply.startswith(b"$JS.ACK.") or reply.count(b".") != 8:
+        if not reply.startswith(b"$JS.ACK.") or reply.count(b".") != 8:
             break
         _, seq_token, _, ts_token, _ = reply.rsplit(b".", 4)
         seq, ts_ns, size = _number(seq_token, 19), _number(ts_token, 19), _number(size_token, 9)
@@ -106,17 +102,8 @@ def scan_py(
         stop = start + size
         if stop + 2 > end:
             break  # not all here yet
-        ts = (ts_ns + 500) // 1000 - _PG_EPOCH_US
-        rows += _PLAIN_HEAD(COPY_COLUMNS, 8, stream_id, 8, seq, 8, ts, len(subject))
-        rows += subject
-        if size > preview:
-            rows += _PLAIN_MID(4, size, -1, -1, -1, -1, -1, preview)
-            rows += data[start : start + preview]
-            rows += _TRUE
-        else:
-            rows += _PLAIN_MID(4, size, -1, -1, -1, -1, -1, size)
-            rows += data[start:stop]
-            rows += _FALSE
+        ts = ns_to_pg_micros(ts_ns)
+        write_plain_row(rows, stream_id, seq, ts, subject, data[start:stop], preview)
         subjects[subject] = subjects.get(subject, 0) + 1
         if ts // _DAY_US != day:
             day = ts // _DAY_US

@@ -149,8 +149,9 @@ class Tap:
         log.info("tap %s connected to %s", self.id, self.config.nats_url)
         if scan.IMPLEMENTATION != "c":
             log.warning(
-                "the C scanner (eventbus/_scan.c) is not built: deliveries are read in "
-                "Python, about half as fast (`make` builds it; needs a C compiler)"
+                "the tap's C scanner (eventbus/_scan.c) is not in use [%s]: plain deliveries "
+                "are read in Python, about 7 µs of CPU per event instead of 1.5",
+                scan.IMPLEMENTATION,
             )
         advisories = await self.nc.subscribe(
             "$JS.EVENT.ADVISORY.STREAM.>", cb=self._on_stream_advisory

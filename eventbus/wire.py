@@ -93,25 +93,19 @@ class _Protocol(asyncio.Protocol):
                     if end_of_data - pos > MAX_CONTROL_LINE:
                         self._fail("control line too long")
                     break
-                if startswith(b"MSG ", pos):  # MSG <subject> <sid> [reply] <size>
+                headed = startswith(b"HMSG", pos)
+                if headed or startswith(b"MSG ", pos):
+                    # MSG <subject> <sid> [reply] <size>
+                    # HMSG <subject> <sid> [reply] <header size> <size>
                     parts = data[pos:eol].split()
                     start = eol + 2
                     stop = start + int(parts[-1])
                     if stop + 2 > end_of_data:
                         self.need = stop + 2 - pos  # the rest of this message is on its way
                         break
-                    append((parts[1], parts[3] if len(parts) == 5 else b"", None, data[start:stop]))
-                    pos = stop + 2
-                    continue
-                if startswith(b"HMSG", pos):  # HMSG <subject> <sid> [reply] <header size> <size>
-                    parts = data[pos:eol].split()
-                    start = eol + 2
-                    stop = start + int(parts[-1])
-                    if stop + 2 > end_of_data:
-                        self.need = stop + 2 - pos
-                        break
-                    split = start + int(parts[-2])
-                    append((parts[1], parts[3] if len(parts) == 6 else b"", data[start:split],
+                    reply = parts[3] if len(parts) == (6 if headed else 5) else b""
+                    split = start + int(parts[-2]) if headed else start
+                    append((parts[1], reply, data[start:split] if headed else None,
                             data[split:stop]))  # fmt: skip
                     pos = stop + 2
                     continue
