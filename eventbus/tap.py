@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from eventbus import digest, lag, scan
 from eventbus.aio import wait_event
 from eventbus.lease import Lease
+from eventbus.natsconn import servers
 from eventbus.observers import (
     ConsumerObserver,
     Observer,
@@ -137,7 +138,7 @@ class Tap:
             options["user_credentials"] = self.config.nats_creds
         while True:
             try:
-                return await nats.connect(self.config.nats_url, **options)
+                return await nats.connect(servers(self.config.nats_url), **options)
             except Exception as exc:
                 if self.stop.is_set():
                     raise

@@ -23,6 +23,7 @@ from eventbus.demo import topology
 from eventbus.demo.services import World, new_order
 from eventbus.demo.tracing import Tracing
 from eventbus.demo.worker import Publisher, Worker
+from eventbus.natsconn import servers
 
 log = logging.getLogger("flowscope.demo")
 
@@ -67,7 +68,7 @@ class Demo:
 
     async def start(self) -> None:
         self.nc = await nats.connect(
-            self.config.nats_url,
+            servers(self.config.nats_url),
             name="flowscope-demo",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,

@@ -10,6 +10,7 @@ import nats
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from eventbus.natsconn import servers
 from eventbus.registry import JetStreamError
 from eventbus.republish import set_republish
 
@@ -26,7 +27,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         async def change() -> dict[str, Any]:
-            nc = await nats.connect(settings.NATS_URL, connect_timeout=5, max_reconnect_attempts=0)
+            nc = await nats.connect(
+                servers(settings.NATS_URL), connect_timeout=5, max_reconnect_attempts=0
+            )
             try:
                 return await set_republish(
                     nc,
