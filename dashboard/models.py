@@ -83,6 +83,11 @@ class Checkpoint(models.Model):
     stream = models.OneToOneField(Stream, on_delete=models.CASCADE, primary_key=True)
     last_seq = models.BigIntegerField(default=0)
     recorded = models.BigIntegerField(default=0, help_text="events written for this stream")
+    dropped = models.BigIntegerField(
+        default=0,
+        db_default=0,
+        help_text="messages a subject subscription dropped (the tap fell behind)",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -184,6 +189,18 @@ class TapInstance(models.Model):
     started_at = models.DateTimeField()
     heartbeat_at = models.DateTimeField()
     streams = models.JSONField(default=list)
+    last_commit_at = models.DateTimeField(null=True, blank=True)
+    # The tap writes these rows with SQL of its own: every column has a database default.
+    held_events = models.BigIntegerField(
+        default=0, db_default=0, help_text="events taken from NATS and not committed yet"
+    )
+    written = models.BigIntegerField(
+        default=0, db_default=0, help_text="events written since it started"
+    )
+    events_per_second = models.FloatField(default=0.0, db_default=0.0)
+    writer_state = models.CharField(max_length=16, default="starting", db_default="starting")
+    restarts = models.IntegerField(default=0, db_default=0, help_text="supervised task restarts")
+    last_error = models.TextField(blank=True, default="", db_default="")
 
     class Meta:
         db_table = "flowscope_tap"

@@ -29,6 +29,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 
 from eventbus import wire
 from eventbus.aio import wait_event
@@ -57,6 +58,14 @@ GAP_REASON = "left the stream before the tap read it"
 NS = 1_000_000_000
 
 
+class ConsumerLost(RuntimeError):
+    """The tap's consumer went away on the server (deleted, a leader change, a restart)."""
+
+
+# How an observer's connection or consumer ends in normal operation (a restart, a failover).
+EXPECTED_FAILURES = (NatsError, TimeoutError, ConnectionError, wire.WireError, ConsumerLost)
+
+
 @dataclass
 class ObserverSettings:
     preview_bytes: int = 64 * 1024
@@ -68,6 +77,10 @@ class ObserverSettings:
     inactive_threshold: float = 15.0  # a dead tap's consumer vanishes after this
     max_request_bytes: int = 8 * 1024 * 1024
     reader: str = "wire"  # how consumers' deliveries are read: "wire" (eventbus.wire) or "nats-py"
+    # A subject subscription cannot push back on publishers: past these, nats-py drops messages
+    # (counted as dropped, logged and shown on the stream page).
+    subject_pending_msgs: int = 65_536
+    subject_pending_bytes: int = 64 * 1024 * 1024
 
 
 class Observer:
@@ -119,7 +132,14 @@ class Observer:
         await self.stop()
         self.next_seq = checkpoint + 1
         self.pending.clear()  # from before the checkpoint someone else moved
+        self.writer.forget(self.stream_id)  # the same: read again from the checkpoint on
         self.start()
+
+    def hand_over_pending(self) -> None:
+        """Once stopped for good (the stream goes to another tap): what was read and is still
+        waiting for room goes to the writer anyway, so the new owner finds it committed."""
+        while self.pending:
+            self.writer.force(self.pending.popleft())
 
     async def _run_forever(self) -> None:
         delay = 0.5
@@ -130,9 +150,12 @@ class Observer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # The server or the connection going away is expected, and said in one line;
+                # anything else is a bug, logged with its traceback.
                 log.warning(
-                    "stream %s: observer failed (%r); retrying in %.1fs", self.stream, exc, delay
-                )
+                    "stream %s: observer failed (%r); retrying in %.1fs", self.stream, exc, delay,
+                    exc_info=not isinstance(exc, EXPECTED_FAILURES),
+                )  # fmt: skip
                 await self._cleanup()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -231,7 +254,7 @@ class ConsumerObserver(Observer):
         reply = await self.nc.request(subject, payload.encode(), timeout=5)
         resp = json.loads(reply.data)
         if "error" in resp:
-            raise RuntimeError(f"consumer create failed: {resp['error']}")
+            raise ConsumerLost(f"consumer create failed: {resp['error']}")
 
     async def _cleanup(self) -> None:
         if self.sub is not None:
@@ -271,13 +294,13 @@ class ConsumerObserver(Observer):
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}"
         while not self.halt.is_set():
             if self.failed:
-                raise RuntimeError(self.failed)
+                raise ConsumerLost(self.failed)
             await self._relieve()
             now = time.monotonic()
             while self.requests and self.requests[0][1] < now:
                 self.requests.popleft()  # expired without a status reply (e.g. lost on reconnect)
             if self.requests and now - self.last_activity > max(3 * s.heartbeat, 3.0):
-                raise RuntimeError("no heartbeat from the server: consumer lost")
+                raise ConsumerLost("no heartbeat from the server: consumer lost")
             outstanding = sum(int(r[0]) for r in self.requests)
             credit = self.writer.free() - outstanding - self.pending_events()
             # ask for a worthwhile amount: many small requests cost the server and us more
@@ -359,7 +382,7 @@ class WireConsumerObserver(ConsumerObserver):
             return await super()._open()
         server = self.nc.connected_url  # the server nats-py is on now, credentials included
         if server is None:
-            raise RuntimeError("not connected to NATS")
+            raise ConsumerLost("not connected to NATS")
         try:
             self.conn = await wire.connect(server.geturl(), self._on_frames, fast=self._fast)
         except wire.WireError as exc:  # TLS, nkeys, or credentials only nats-py holds
@@ -499,11 +522,36 @@ class SubjectObserver(Observer):
         super().__init__(*args, **kwargs)
         self.subjects = subjects
         self.subs: list[Subscription] = []
-        self.dropped = 0
+        self.dropped = 0  # messages nats-py dropped: the tap fell behind the publishers
+        self.dropped_reported = 0  # of which the heartbeat has stored
+        self.dropped_logged_at = 0.0
+
+    def owns(self, sub: Subscription | None) -> bool:
+        return sub is not None and any(sub is mine for mine in self.subs)
+
+    def count_drop(self) -> None:
+        """One message dropped by nats-py (slow consumer): counted, and logged at once and
+        then at most every 5 seconds with the running count."""
+        self.dropped += 1
+        now = time.monotonic()
+        if self.dropped == 1 or now - self.dropped_logged_at >= 5:
+            self.dropped_logged_at = now
+            log.error(
+                "stream %s: %d messages dropped by the subject subscription (the tap cannot "
+                "keep up with the publishers; they are not recorded)", self.stream, self.dropped,
+            )  # fmt: skip
 
     async def _run(self) -> None:
+        s = self.settings
         for subject in self.subjects:
-            self.subs.append(await self.nc.subscribe(subject, cb=self._on_msg))
+            self.subs.append(
+                await self.nc.subscribe(
+                    subject,
+                    cb=self._on_msg,
+                    pending_msgs_limit=s.subject_pending_msgs,
+                    pending_bytes_limit=s.subject_pending_bytes,
+                )
+            )
         await self.nc.flush()  # the server has the subscriptions: from now on nothing is missed
         self.ready.set()
         await self.halt.wait()  # until stopped

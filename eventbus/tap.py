@@ -21,9 +21,11 @@ from typing import Any
 import nats
 import psycopg
 from nats.aio.client import Client
+from nats.errors import SlowConsumerError
 
 from eventbus import digest, lag, scan
 from eventbus.aio import wait_event
+from eventbus.heartbeat import Heartbeat
 from eventbus.lease import Lease
 from eventbus.natsconn import servers
 from eventbus.observers import (
@@ -37,6 +39,7 @@ from eventbus.observers import (
 )
 from eventbus.partitions import Partitions, parse_retention
 from eventbus.registry import (
+    JetStreamError,
     StreamDesc,
     advance_checkpoint,
     checkpoint,
@@ -44,6 +47,7 @@ from eventbus.registry import (
     mark_deleted,
     upsert_stream,
 )
+from eventbus.supervise import Supervisor
 from eventbus.writer import Committed, Writer
 
 log = logging.getLogger("flowscope.tap")
@@ -61,6 +65,11 @@ class TapConfig:
     observer: ObserverSettings = field(default_factory=ObserverSettings)
     buffer_size: int = 20_000
     batch_size: int = 5_000
+    heartbeat_interval: float = 1.0
+    # A writer that has not been able to commit for this long gives the streams back.
+    unhealthy_after: float = 30.0
+    # How long a stream given back to another tap may take to write what this tap holds of it.
+    handover_timeout: float = 10.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> TapConfig:
@@ -79,6 +88,10 @@ class TapConfig:
         )
 
 
+class TapFailed(Exception):
+    """A task of the tap failed beyond what restarting it fixes: the process must exit."""
+
+
 class Tap:
     def __init__(self, config: TapConfig, stop: asyncio.Event):
         self.config = config
@@ -95,10 +108,14 @@ class Tap:
         self.lease = Lease(config.database_url, self.id)
         self.observers: dict[str, Observer] = {}  # by stream name
         self.incarnations: dict[str, tuple[int, str]] = {}  # name -> (stream_id, mode)
+        self.seen: dict[str, tuple[int, str, Any]] = {}  # name -> (stream_id, mode, config)
         self.db: psycopg.AsyncConnection[Any] | None = None
         self.db_lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.db_ok = True
+        self.supervisor = Supervisor(stop)
+        self.writer_running = False
+        self.heartbeat = Heartbeat(self)
 
     async def _db(self) -> psycopg.AsyncConnection[Any]:
         async with self.db_lock:  # several loops share it: connect once
@@ -124,6 +141,9 @@ class Tap:
             self.wake.set()
 
         async def error(exc: Exception) -> None:
+            if isinstance(exc, SlowConsumerError):
+                self._dropped(exc)
+                return
             log.warning("NATS: %s", exc)
 
         options: dict[str, Any] = {
@@ -147,7 +167,7 @@ class Tap:
 
     async def run(self) -> None:
         self.nc = await self.connect_nats()
-        log.info("tap %s connected to %s", self.id, self.config.nats_url)
+        log.info("tap %s connected to %s", self.id, self.nc.connected_url)
         if scan.IMPLEMENTATION != "c":
             log.warning(
                 "the tap's C scanner (eventbus/_scan.c) is not in use [%s]: plain deliveries "
@@ -160,34 +180,64 @@ class Tap:
         observing = await self.nc.subscribe(
             f"{self.config.subject_prefix}.tap.observing", cb=self._on_observing
         )
-        tasks = [
-            asyncio.create_task(self.writer.run(self.stop), name="writer"),
-            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
-            asyncio.create_task(self._retention_loop(), name="retention"),
-            asyncio.create_task(self._lag_loop(), name="lag"),
-        ]
+        sup = self.supervisor
+        sup.spawn("writer", self._run_writer, on_crash=self._writer_failed)
+        sup.spawn("discovery", self._reconcile_loop, on_crash=self._discovery_failed)
+        sup.spawn("heartbeat", self.heartbeat.run)
+        sup.spawn("retention", self._retention_loop)
+        sup.spawn("lag sampler", self._lag_loop)
         await self.stop.wait()
         log.info("tap %s stopping: flushing what it holds", self.id)
-        for t in tasks[1:]:
-            t.cancel()
-        # Let the loops finish first, so none of them starts an observer after this point.
-        _, pending = await asyncio.wait(tasks[1:], timeout=10)
-        for t in pending:  # a loop ignoring cancellation is a bug: say which, and go on
-            log.error(
-                "tap %s: %s did not stop when cancelled: %s", self.id, t.get_name(), t.get_stack()
-            )
+        # The loops first, so none of them starts an observer after this point.
+        await sup.wait(["discovery", "heartbeat", "retention", "lag sampler"], timeout=10)
         for name in list(self.observers):
             await self._stop_observer(name)
         for sub in (advisories, observing):
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        await tasks[0]  # the writer drains its buffer, then returns
+        await sup.wait(["writer"], timeout=60)  # the writer drains its buffer, then returns
         await self.lease.close()
         if self.db is not None:
             await self.db.close()
         with contextlib.suppress(Exception):
             await self.nc.drain()
         log.info("tap %s stopped: %d events written", self.id, self.writer.written)
+        if sup.fatal:
+            raise TapFailed(sup.fatal)
+
+    async def _run_writer(self) -> None:
+        self.writer_running = True
+        await self.writer.run(self.stop)
+
+    def writer_healthy(self) -> bool:
+        return self.writer_running and self.writer.down_for() < self.config.unhealthy_after
+
+    async def _writer_failed(self, exc: BaseException) -> None:
+        """The writer died: what it held is lost from memory, so every observer starts again
+        from the stored checkpoint, and the streams are given back until it runs again."""
+        self.writer_running = False
+        for name in list(self.observers):
+            await self._stop_observer(name)
+        self.incarnations.clear()
+        self.seen.clear()
+        self.writer.reset()
+        with contextlib.suppress(psycopg.Error):
+            await self.lease.release_all()
+        self.wake.set()
+
+    async def _discovery_failed(self, exc: BaseException) -> None:
+        """Discovery died on something unexpected: start it again from a clean slate."""
+        self.seen.clear()
+        if self.db is not None:
+            await self.db.close()
+            self.db = None
+
+    def _dropped(self, exc: SlowConsumerError) -> None:
+        for observer in self.observers.values():
+            if isinstance(observer, SubjectObserver) and observer.owns(exc.sub):
+                observer.count_drop()
+                return
+        log.error("NATS dropped a message for %s (slow consumer)", exc.subject)
 
     async def _on_observing(self, msg: Any) -> None:
         """`<prefix>.tap.observing`: which streams this tap watches now (its observers receive
@@ -201,6 +251,9 @@ class Tap:
 
     async def _reconcile_loop(self) -> None:
         while not self.stop.is_set():  # the flag too: nats-py's requests can lose a cancel
+            # Cleared *before* the round: a stream created while it runs sets it again, and the
+            # next round starts at once (clearing it afterwards lost those wake-ups).
+            self.wake.clear()
             try:
                 await self.reconcile()
                 if not self.db_ok:
@@ -213,11 +266,11 @@ class Tap:
                 if self.db is not None:
                     await self.db.close()
                     self.db = None
+                self.seen.clear()
                 for name in list(self.observers):  # our leases died with the connection
-                    await self._stop_observer(name)
-            except Exception as exc:
+                    await self._give_up(name, timeout=0)
+            except (TimeoutError, nats.errors.Error, JetStreamError) as exc:
                 log.warning("tap: discovery failed (%r): retrying", exc)
-            self.wake.clear()
             await wait_event(self.wake, self.config.rebalance_interval)
 
     async def reconcile(self) -> None:
@@ -227,17 +280,66 @@ class Tap:
         gone = await mark_deleted(db, set(streams))
         for name in gone:
             log.info("stream %s was deleted", name)
-        owned = await self.lease.rebalance(streams)
+        if not self.writer_healthy():
+            # Nothing this tap reads would be written: let another tap have the streams.
+            if self.lease.owned:
+                log.error(
+                    "tap %s: the writer cannot commit (down for %.0fs): giving up %d streams",
+                    self.id, self.writer.down_for(), len(self.lease.owned),
+                )  # fmt: skip
+            await self.lease.release_all(self._release)
+            return
+        owned = await self.lease.rebalance(streams, before_release=self._release)
         for name in list(self.observers):
             if name not in owned:
-                await self._stop_observer(name)
-                self.incarnations.pop(name, None)
+                await self._give_up(name, timeout=0)
+        for name in list(self.observers):  # supervised: an observer task that ended is restarted
+            observer = self.observers[name]
+            if observer.task is not None and observer.task.done() and not self.stop.is_set():
+                exc = None if observer.task.cancelled() else observer.task.exception()
+                log.error("stream %s: observer ended (%r): restarting it", name, exc,
+                          exc_info=exc)  # fmt: skip
+                observer.start()
         for name in sorted(owned):
             await self._ensure_observer(db, streams[name])
 
+    async def _release(self, name: str) -> None:
+        """Before a stream's lock is given back: stop reading it and write (or, failing that
+        in time, drop) what this tap holds of it, so the next owner resumes from a checkpoint
+        that covers everything this one read."""
+        timeout = self.config.handover_timeout if self.writer_healthy() else 0.0
+        await self._give_up(name, timeout)
+
+    async def _give_up(self, name: str, timeout: float) -> None:
+        observer = self.observers.pop(name, None)
+        self.incarnations.pop(name, None)
+        self.seen.pop(name, None)
+        if observer is None:
+            return
+        await observer.stop()
+        if timeout > 0:
+            observer.hand_over_pending()
+            if await self.writer.flush_stream(observer.stream_id, timeout):
+                return
+            log.warning("stream %s: what this tap held was not written in %.0fs: dropped "
+                        "(the next owner reads it again)", name, timeout)  # fmt: skip
+        dropped = self.writer.forget(observer.stream_id)
+        if dropped:
+            log.info("stream %s: %d events held by this tap left to the next owner", name,
+                     dropped)  # fmt: skip
+
     async def _ensure_observer(self, db: psycopg.AsyncConnection[Any], s: StreamDesc) -> None:
-        stream_id, last_seq = await upsert_stream(db, s)
         mode, _ = choose_observer(s.config)
+        seen = self.seen.get(s.name)
+        if (
+            seen is not None
+            and seen[1:] == (mode, s.config)
+            and self.incarnations.get(s.name) == seen[:2]
+            and s.name in self.observers
+        ):
+            return  # nothing changed since the last round: no database round trip
+        stream_id, last_seq = await upsert_stream(db, s)
+        self.seen[s.name] = (stream_id, mode, s.config)
         if self.incarnations.get(s.name) == (stream_id, mode) and s.name in self.observers:
             return
         previous = self.incarnations.get(s.name)
@@ -302,7 +404,7 @@ class Tap:
                 ) as db:
                     await partitions.drop_expired(db, self.config.retention, datetime.now(UTC))
                     await self._downsample(db)
-            except psycopg.Error as exc:
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 log.warning("retention: %s (will retry)", exc)
             if await wait_event(self.stop, 3600):
                 return
@@ -337,4 +439,4 @@ async def run(config: TapConfig, stop: asyncio.Event | None = None) -> None:
     with contextlib.suppress(NotImplementedError, RuntimeError):
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-    await Tap(config, stop).run()
+    await Tap(config, stop).run()  # TapFailed propagates: the process exits non-zero

@@ -17,6 +17,13 @@ batch order. When a write fails (PostgreSQL gone) or meets a moved checkpoint, t
 what is in flight settle, then writes what is left one batch at a time, in order. Memory stays
 bounded: the buffer (in events and in bytes) plus the batches in flight (each at most
 `batch_size` events or a quarter of the buffer's bytes, give or take one chunk).
+
+Idempotent in the database: a batch written after a failure (a lost connection, a moved
+checkpoint, a batch that met rows already stored) goes through a staging table and
+`INSERT ... ON CONFLICT DO NOTHING`, so rows another writer committed meanwhile never fail it;
+the checkpoint guard then decides, as on the fast path. The fast path stays a plain COPY; a
+unique violation there (two taps on one stream during a hand-over) sends that batch to the
+staged path instead of killing the writer.
 """
 
 from __future__ import annotations
@@ -31,16 +38,31 @@ from itertools import islice
 
 import psycopg
 
+from eventbus.aio import wait_event
 from eventbus.partitions import Partitions
 from eventbus.records import COPY_SIGNATURE, COPY_TRAILER, NEWEST, Chunk, Gap, Recent
 
 log = logging.getLogger("flowscope.writer")
 
 Item = Chunk | Gap
-COPY_SQL = (
-    "COPY flowscope_event (stream_id, seq, ts, subject, size, headers, msg_id, trace_id, "
-    "span_id, service, payload, truncated) FROM STDIN (FORMAT BINARY)"
+COLUMNS = (
+    "stream_id, seq, ts, subject, size, headers, msg_id, trace_id, span_id, service, payload, "
+    "truncated"
 )
+COPY_SQL = f"COPY flowscope_event ({COLUMNS}) FROM STDIN (FORMAT BINARY)"
+# The staged path: the same binary rows into a temporary table of the same columns, then only
+# the rows not stored yet into the event table. Rows vanish at commit or rollback.
+STAGE_SQL = (
+    f"CREATE TEMP TABLE IF NOT EXISTS flowscope_stage ON COMMIT DELETE ROWS AS "
+    f"SELECT {COLUMNS} FROM flowscope_event WITH NO DATA"
+)
+STAGE_COPY_SQL = f"COPY flowscope_stage ({COLUMNS}) FROM STDIN (FORMAT BINARY)"
+STAGE_INSERT_SQL = (
+    f"INSERT INTO flowscope_event ({COLUMNS}) SELECT {COLUMNS} FROM flowscope_stage "
+    f"ON CONFLICT DO NOTHING"
+)
+# Errors that mean "this connection or server is gone or busy": retry the batch later.
+RETRY = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 @dataclass
@@ -106,6 +128,12 @@ class Writer:
         self.next_lane = 0
         self.db_down_since: float | None = None
         self.written = 0
+        self.last_commit: float | None = None  # time.time() of the last commit
+        self.staged_batches = 0  # batches written through the staging table
+        self.flights: deque[_Flight] = deque()
+        self.retrying: list[list[Item]] = []  # batches waiting for a sequential, staged write
+        self.progress = asyncio.Event()  # set whenever a batch lands (committed or not)
+        self.resynced: set[int] = set()  # streams resynchronised while a failure is handled
 
     async def put(self, item: Item) -> None:
         """Buffer `item`, waiting for room first if need be (backpressure)."""
@@ -127,9 +155,73 @@ class Writer:
         self.arrived.set()
         return True
 
+    def force(self, item: Item) -> None:
+        """Buffer `item` even past the bounds (a stopped observer's last items: bounded by
+        what one observer may hold pending)."""
+        self.items.append(item)
+        self.held += item.count
+        self.held_bytes += item.nbytes
+        self.arrived.set()
+
     def free(self) -> int:
         """Room in the buffer, in events."""
         return max(0, self.buffer_size - self.held)
+
+    def holding(self) -> int:
+        """Events taken from NATS and not committed yet: the buffer, the batches in flight
+        and those waiting to be written again."""
+        flying = sum(i.count for f in self.flights for i in f.batch)
+        waiting = sum(i.count for b in self.retrying for i in b)
+        return self.held + flying + waiting
+
+    def down_for(self) -> float:
+        """Seconds PostgreSQL has been refusing this writer's batches (0 while it takes them)."""
+        return 0.0 if self.db_down_since is None else time.monotonic() - self.db_down_since
+
+    def forget(self, stream_id: int) -> int:
+        """Drop a stream's items from the buffer (its observer starts again from the stored
+        checkpoint, or the stream went to another tap); returns how many events were dropped."""
+        kept: deque[Item] = deque()
+        dropped = 0
+        for item in self.items:
+            if item.stream_id == stream_id:
+                dropped += item.count
+                self.held -= item.count
+                self.held_bytes -= item.nbytes
+            else:
+                kept.append(item)
+        self.items = kept
+        self.room.set()
+        return dropped
+
+    def holds(self, stream_id: int) -> bool:
+        """Whether any item of the stream is buffered, in flight or waiting to be written."""
+        return (
+            any(i.stream_id == stream_id for i in self.items)
+            or any(i.stream_id == stream_id for f in self.flights for i in f.batch)
+            or any(i.stream_id == stream_id for b in self.retrying for i in b)
+        )
+
+    async def flush_stream(self, stream_id: int, timeout: float) -> bool:
+        """Wait until everything held for the stream is committed (or dropped by a resync);
+        False if that did not happen within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.holds(stream_id):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.progress.clear()
+            await wait_event(self.progress, min(remaining, 0.1))
+        return True
+
+    def reset(self) -> None:
+        """After the writer failed: forget everything held (the observers start again from
+        the stored checkpoints, so nothing is lost)."""
+        self.items.clear()
+        self.held = self.held_bytes = 0
+        self.flights.clear()
+        self.retrying.clear()
+        self.room.set()
 
     def _take(self) -> Item:
         item = self.items.popleft()
@@ -139,7 +231,7 @@ class Writer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush until `stop` is set and the buffer is empty."""
-        flights: deque[_Flight] = deque()
+        flights = self.flights
         try:
             while not (stop.is_set() and not self.items):
                 # Nothing to batch yet, or the oldest batch is done: land (and announce) it now.
@@ -162,16 +254,15 @@ class Writer:
         finally:
             for task in [f.task for f in flights]:
                 task.cancel()
-            for conn in self.conns:
-                if conn is not None:
-                    await conn.close()
+            for lane in range(self.lanes):
+                await self._drop(lane)
 
     async def _launch(self, batch: list[Item], after: asyncio.Event | None) -> _Flight | None:
         lane = self.next_lane
         self.next_lane = (lane + 1) % self.lanes
         try:
             conn = await self._prepare(lane, batch)
-        except (psycopg.OperationalError, psycopg.InterfaceError):
+        except RETRY:
             await self._drop(lane)
             return None
         locked = asyncio.Event()
@@ -181,20 +272,29 @@ class Writer:
     async def _land(self, flights: deque[_Flight], stop: asyncio.Event) -> None:
         """Wait for the oldest batch in flight and announce it; if it failed or met a moved
         checkpoint, let the rest settle too, then write what is left one batch at a time."""
-        first = await self._settle(flights.popleft())
+        first = await self._settle(flights[0])
+        flights.popleft()  # only now: until it has landed, its events count as held
         if first is None:
             return
-        retry = [first]
+        self.resynced.clear()
+        retry = self.retrying
+        retry.append(first)
         while flights:
-            left = await self._settle(flights.popleft())
+            left = await self._settle(flights[0])
+            flights.popleft()
             if left is not None:
                 retry.append(left)
+        if self.resynced:  # those streams' observers read again from the stored checkpoint
+            retry[:] = [[i for i in b if i.stream_id not in self.resynced] for b in retry]
         if self.db_down_since is not None:
             for lane in range(self.lanes):
                 await self._drop(lane)
-        for batch in retry:
+        while retry:
+            batch = retry[0]
             if batch:
                 await self._write_until_done(batch, stop)
+            retry.pop(0)
+            self.progress.set()
 
     async def _settle(self, flight: _Flight) -> list[Item] | None:
         """Wait for one batch in flight: None once committed and announced, else what of it
@@ -202,9 +302,17 @@ class Writer:
         conflict when a checkpoint had moved)."""
         try:
             conflicts = await flight.task
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except RETRY as exc:
             self._down(exc, sum(i.count for i in flight.batch))
             return flight.batch
+        except psycopg.IntegrityError as exc:
+            # Rows of this batch are stored already: another tap wrote them during a hand-over,
+            # or a batch re-read after a resync overlaps one committed meanwhile. The staged
+            # path writes what is missing and lets the checkpoint guard decide.
+            log.warning("batch meets rows already stored (%s): writing it staged", _first(exc))
+            return flight.batch
+        finally:
+            self.progress.set()
         if conflicts:
             await self._resync(conflicts)
             return [i for i in flight.batch if i.stream_id not in conflicts]
@@ -270,15 +378,15 @@ class Writer:
     def _down(self, exc: Exception, holding: int) -> None:
         if self.db_down_since is None:
             self.db_down_since = time.monotonic()
-            text = str(exc).strip()
             log.error(
                 "PostgreSQL unavailable (%s): holding %d events and pausing NATS reads "
                 "until it is back",
-                text.splitlines()[0] if text else type(exc).__name__,
+                _first(exc),
                 holding + self.held,
             )
 
     async def _resync(self, conflicts: set[int]) -> None:
+        self.resynced |= conflicts
         for stream_id in conflicts:
             log.warning(
                 "stream %d: checkpoint moved under us (another tap?): resynchronising", stream_id
@@ -296,18 +404,19 @@ class Writer:
         committed = summarize(batch)
         committed.seconds = seconds
         self.written += committed.count
+        self.last_commit = time.time()
         if self.on_commit:
             await self.on_commit(committed)
 
     async def _write_until_done(self, batch: list[Item], stop: asyncio.Event) -> None:
-        """Write one batch on its own (nothing else in flight), retrying until PostgreSQL
-        takes it."""
+        """Write one batch on its own (nothing else in flight), staged, retrying until
+        PostgreSQL takes it."""
         delay = 0.2
         while True:
             try:
                 await self._write(batch)
                 return
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except RETRY as exc:
                 self._down(exc, sum(i.count for i in batch))
                 await self._drop(0)
                 await asyncio.sleep(delay)
@@ -316,8 +425,9 @@ class Writer:
     async def _write(self, batch: list[Item]) -> None:
         conn = await self._prepare(0, batch)
         t0 = time.perf_counter()
+        self.staged_batches += 1
         while batch:
-            conflicts = await self._try_commit(conn, batch)
+            conflicts = await self._try_commit(conn, batch, staged=True)
             if not conflicts:
                 break
             await self._resync(conflicts)
@@ -331,10 +441,12 @@ class Writer:
         batch: list[Item],
         after: asyncio.Event | None = None,
         done: asyncio.Event | None = None,
+        staged: bool = False,
     ) -> set[int]:
         """Commit the batch, or roll it back and return the streams whose guard failed. With
         `after`, the guards wait until the batch before this one has ended (committed or not);
-        `done` is set when this one has."""
+        `done` is set when this one has. `staged`: rows already stored are skipped instead of
+        failing the COPY."""
         ranges: dict[int, list[int]] = {}  # stream -> [first seq, last seq, events]
         unsequenced: Counter[int] = Counter()
         for item in batch:
@@ -354,13 +466,17 @@ class Writer:
         conflicts: set[int] = set()
         try:
             async with conn.transaction(), conn.cursor() as cur:
+                if staged:
+                    await cur.execute(STAGE_SQL)
                 # The rows are already in COPY's binary format: sent as they are.
-                async with cur.copy(COPY_SQL) as copy:
+                async with cur.copy(STAGE_COPY_SQL if staged else COPY_SQL) as copy:
                     await copy.write(COPY_SIGNATURE)
                     for i in batch:
                         if isinstance(i, Chunk) and i.rows:
                             await copy.write(i.rows)
                     await copy.write(COPY_TRAILER)
+                if staged:
+                    await cur.execute(STAGE_INSERT_SQL)
                 gaps = [i for i in batch if isinstance(i, Gap)]
                 if gaps:
                     await cur.executemany(
@@ -391,6 +507,12 @@ class Writer:
             if done is not None:
                 done.set()
         return conflicts
+
+
+def _first(exc: BaseException) -> str:
+    """The first line of an error's text (PostgreSQL's own say more below it)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def summarize(batch: list[Item]) -> Committed:

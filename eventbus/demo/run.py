@@ -76,6 +76,10 @@ class Demo:
         )
         self.js = self.nc.jetstream()
         await self._ensure_topology()
+        if self.config.wait_for_tap > 0:
+            # Before any service consumes: a backlog left by an earlier run is worked off in
+            # milliseconds, and what leaves a work-queue stream unseen is never recorded.
+            await self._await_tap()
         kv = await self._bucket()
         handlers = self.world.handlers()
         for spec in topology.CONSUMERS:
@@ -166,8 +170,6 @@ class Demo:
             await sub.unsubscribe()
 
     async def _generate(self) -> None:
-        if self.config.wait_for_tap > 0:
-            await self._await_tap()
         interval = 1.0 / self.config.rate
         next_at = time.monotonic()
         while not self.stop_event.is_set():

@@ -3,9 +3,9 @@
 import asyncio
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from eventbus.tap import TapConfig, run
+from eventbus.tap import TapConfig, TapFailed, run
 
 
 class Command(BaseCommand):
@@ -13,4 +13,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         config = TapConfig.from_settings(settings)
-        asyncio.run(run(config))
+        try:
+            asyncio.run(run(config))
+        except TapFailed as exc:  # exit non-zero: the process supervisor restarts the tap
+            raise CommandError(f"the tap stopped: {exc}", returncode=3) from exc
