@@ -280,7 +280,9 @@ class Writer:
         retry = self.retrying
         retry.append(first)
         while flights:
-            left = await self._settle(flights[0])
+            # Behind a batch that failed, a guard fails only because that batch is not in yet:
+            # written again in order, after it, it passes (no resync, no observer restart).
+            left = await self._settle(flights[0], behind_failure=True)
             flights.popleft()
             if left is not None:
                 retry.append(left)
@@ -296,10 +298,10 @@ class Writer:
             retry.pop(0)
             self.progress.set()
 
-    async def _settle(self, flight: _Flight) -> list[Item] | None:
+    async def _settle(self, flight: _Flight, behind_failure: bool = False) -> list[Item] | None:
         """Wait for one batch in flight: None once committed and announced, else what of it
-        is still to be written (all of it when PostgreSQL failed, the streams without a
-        conflict when a checkpoint had moved)."""
+        is still to be written (all of it when PostgreSQL failed, or when it follows a batch
+        that failed; the streams without a conflict when a checkpoint had moved)."""
         try:
             conflicts = await flight.task
         except RETRY as exc:
@@ -314,6 +316,8 @@ class Writer:
         finally:
             self.progress.set()
         if conflicts:
+            if behind_failure:
+                return flight.batch
             await self._resync(conflicts)
             return [i for i in flight.batch if i.stream_id not in conflicts]
         await self._committed(flight.batch, time.perf_counter() - flight.started)

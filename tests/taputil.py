@@ -44,7 +44,8 @@ async def tap_running(nats_url: str, database_url: str, **overrides: Any) -> Asy
         await asyncio.wait_for(task, 30)
         left = await query(
             database_url,
-            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
+            "SELECT application_name, state, left(query, 120) FROM pg_stat_activity "
+            "WHERE datname = current_database() "
             "AND pid <> pg_backend_pid() AND application_name LIKE 'flowscope%%'",
         )
         assert not left, f"the tap left connections open: {left}"
