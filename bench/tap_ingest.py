@@ -929,6 +929,7 @@ def report(
             "(c) observer", "(c)/(a)", "(d) COPY", "(b)/(d)")  # fmt: skip
     widths = (9, 11, 9, 10, 9, 8, 13, 8, 9, 8)
     print(columns(head, widths))
+    pull = ObserverSettings()
     for k, rnd in enumerate(rounds):
         numbers = (rnd.before.per_second, rnd.tap.rate.per_second, rnd.after.per_second,
                    rnd.baseline, rnd.ratio, rnd.observer.per_second, rnd.observer_ratio,
@@ -936,8 +937,9 @@ def report(
         cells = [f"{x:.2f}" if x < 100 else f"{x:,.0f}" for x in numbers]
         print(columns([f"round {k + 1}", *cells], widths))
     print(
-        "(a) nats-py alone: ephemeral ack-none pull consumer, 3 x 1,000-message pull requests "
-        "in flight, counting only; before and after (b), (a) mean = their mean.\n"
+        f"(a) nats-py alone: ephemeral ack-none pull consumer, {pull.inflight} x "
+        f"{pull.batch:,}-message pull requests in flight, counting only; before and after (b), "
+        "(a) mean = their mean.\n"
         "(b) the tap process into PostgreSQL, progress = the checkpoint in its digests. "
         "(c) the tap's observer code here, writer counting only.\n"
         "(d) PostgreSQL alone: COPY of (c)'s rows into flowscope_event as the tap's writer "
@@ -1023,7 +1025,7 @@ def report(
         cells = (c.figure, c.value, c.baseline, c.ratio, c.target, result)
         print(" ".join(f"{x:<{w}}" for x, w in zip(cells, widths, strict=True)).rstrip())
     print(
-        f"(a) to (d): value and baseline are the medians of the {len(rounds)} rounds, ratio the "
+        f"(a) to (d): value and baseline are the medians of {len(rounds)} round(s), ratio the "
         "median of the rounds' own ratios (each against its own round's baseline)."
     )
     return checks
