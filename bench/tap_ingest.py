@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -1080,13 +1081,10 @@ def main() -> int:
     except KeyboardInterrupt:
         print("interrupted: cleaning up", file=sys.stderr)
         return 130
-    except (
-        RuntimeError,
-        TimeoutError,
-        OSError,
-        psycopg.Error,
-        subprocess.CalledProcessError,
-    ) as exc:
+    except Exception as exc:  # exit 2, never 1 (a missed target), whatever went wrong
+        expected = (RuntimeError, TimeoutError, OSError, psycopg.Error, subprocess.SubprocessError)
+        if not isinstance(exc, expected):
+            traceback.print_exc()
         print(f"benchmark failed: {exc!r}", file=sys.stderr)
         return 2
     finally:
