@@ -29,9 +29,13 @@ run: $(STAMP) $(SCAN_EXT)
 test: $(STAMP) $(SCAN_EXT)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Fails when a target of bench/tap_ingest.py is missed (after running both); QUICK=1 for a
+# smaller run of each (about a minute). bench/README.md says what each figure means.
 bench: $(STAMP) $(SCAN_EXT)
-	$(PY) bench/tap_ingest.py
-	$(PY) bench/demo_saga.py
+	@status=0; \
+	$(PY) bench/tap_ingest.py $(if $(QUICK),--quick) || status=$$?; \
+	$(PY) bench/demo_saga.py $(if $(QUICK),--quick) || status=$$?; \
+	exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
