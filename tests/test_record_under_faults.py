@@ -289,7 +289,7 @@ async def test_a_burst_of_twenty_streams_is_observed_at_once(nats_server, databa
             if kinds[name] == "workqueue":
                 await fill(js, f"burst.{unique}.{i}", 50)
         for name in names:
-            await eventually(lambda n=name: _recorded(database_url, n, 50), what=name)
+            await eventually(partial(_recorded, database_url, name, 50), what=name)
     await nc.close()
     for name in names:
         if kinds[name] == "limits":
@@ -327,7 +327,7 @@ async def test_a_writer_that_dies_is_restarted_and_the_record_stays_exact(
     async with tap_running(nats_server.url, database_url, buffer_size=2000, batch_size=500) as tap:
         await eventually(partial(at_least, database_url, stream, 2_000), what="some written")
         original = tap.writer._try_commit
-        crashed = []
+        crashed: list[bool] = []
 
         async def broken(*args, **kwargs):
             if not crashed:
