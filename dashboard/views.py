@@ -9,8 +9,10 @@ from django.db.models import Count, QuerySet
 from django.db.models.functions import Lower
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils import timezone
 
 from dashboard.models import Checkpoint, Consumer, Event, Gap, Stream
+from dashboard.taps import tap_views
 
 
 @login_required
@@ -34,6 +36,7 @@ def overview(request: HttpRequest) -> HttpResponse:
             "stream_rows": rows,
             "consumers": consumers,
             "lag_interval": settings.FLOWSCOPE_LAG_INTERVAL,
+            "taps": tap_views(timezone.now()),
         },
     )
 

@@ -18,9 +18,11 @@ from functools import partial
 import nats
 import psycopg
 import pytest
+from asgiref.sync import sync_to_async
 from nats.js.api import RetentionPolicy, StreamConfig
 
 from eventbus.embedded import EmbeddedPostgres
+from eventbus.heartbeat import STALLED_AFTER
 from eventbus.observers import ObserverSettings
 from eventbus.tap import Tap, TapFailed
 from tests.taputil import (
@@ -362,7 +364,7 @@ async def test_a_task_that_keeps_failing_ends_the_tap_with_an_error(
 
 
 async def test_the_heartbeat_says_when_a_tap_holds_events_and_commits_nothing(
-    nats_server, database_url, unique
+    nats_server, database_url, unique, client, alice
 ):
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
@@ -374,13 +376,22 @@ async def test_the_heartbeat_says_when_a_tap_holds_events_and_commits_nothing(
         row = await eventually(lambda: _tap_row(database_url, tap.id, "written >= 100"))
         assert row[0] == "ok" and row[1] == 0 and row[2] is not None  # state, held, last commit
         blocker = await psycopg.AsyncConnection.connect(database_url)
-        await blocker.execute("LOCK TABLE flowscope_checkpoint IN ACCESS EXCLUSIVE MODE")
+        # The checkpoint row locked: the writer's guard waits, readers (the page) do not.
+        await blocker.execute(
+            "SELECT c.* FROM flowscope_checkpoint c JOIN flowscope_stream s ON s.id = "
+            "c.stream_id WHERE s.name = %s FOR UPDATE",
+            (stream,),
+        )
         try:
             await fill(js, subject, 300, start=100)
             # holds what it read, commits nothing: the row says so
             row = await eventually(
                 lambda: _tap_row(database_url, tap.id, "held_events >= 300"), timeout=15
             )
+            # and after 15 s without a commit, the overview marks it stalled
+            await asyncio.sleep(STALLED_AFTER)
+            html = await sync_to_async(_overview)(client, alice)
+            assert f'data-tap="{tap.id}" data-state="stalled"' in html
         finally:
             await blocker.rollback()
             await blocker.close()
@@ -388,6 +399,16 @@ async def test_the_heartbeat_says_when_a_tap_holds_events_and_commits_nothing(
         await eventually(lambda: _tap_row(database_url, tap.id, "held_events = 0"))
     await nc.close()
     await assert_exact(database_url, stream, 400)
+
+
+def _overview(client, alice) -> str:
+    from django.db import connection
+
+    try:
+        client.login(username=alice[0], password=alice[1])
+        return str(client.get("/").content.decode())
+    finally:
+        connection.close()  # this thread's: the test database is dropped at the end
 
 
 async def _tap_row(database_url: str, tap_id: str, condition: str):
