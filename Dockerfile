@@ -2,6 +2,8 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
+# the run-time pins only: the test and lint tools and make run's embedded servers are in
+# requirements-dev.lock, which the image never installs (.dockerignore leaves it out)
 COPY requirements.lock .
 RUN pip install --no-cache-dir -r requirements.lock
 # the tap's hot loop in C (eventbus/_scan.c): built before the rest is copied (a code change

@@ -2,14 +2,17 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cksum < requirements.lock | cut -d' ' -f1)
+# requirements.lock: what the processes need (all the Docker image installs); requirements-dev.lock
+# adds the embedded servers of `make run` and the test and lint tools. `make` installs both.
+LOCKS  := requirements.lock requirements-dev.lock
+STAMP  := $(VENV)/.installed-$(shell cat $(LOCKS) | cksum | cut -d' ' -f1)
 
 .PHONY: run test bench lint format lock clean
 
-$(STAMP): requirements.lock
+$(STAMP): $(LOCKS)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Flowscope needs Python 3.11 or newer")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.lock
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # The tap's hot loop in C (eventbus/_scan.c). Where it cannot be built (no C compiler, no Python
@@ -46,12 +49,22 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Re-pin every dependency from requirements.in into requirements.lock, in a throw-away venv.
+# Re-pin every dependency in throw-away venvs: all of requirements-dev.in resolved together, then
+# requirements.in alone within those versions (requirements.lock); requirements-dev.lock gets the
+# rest. So both files pin each package shared by the two at the same version.
+FREEZE := pip freeze --disable-pip-version-check
 lock:
-	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
-	.lockenv/bin/pip install --quiet -r requirements.in
-	( echo '# Pinned by `make lock` from requirements.in (pip freeze of a fresh venv). Do not edit by hand.'; \
-	  .lockenv/bin/pip freeze --disable-pip-version-check ) > requirements.lock
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv/all && $(PYTHON) -m venv .lockenv/run
+	.lockenv/all/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.in
+	.lockenv/all/bin/$(FREEZE) > .lockenv/all.txt
+	.lockenv/run/bin/pip install --quiet --disable-pip-version-check -r requirements.in -c .lockenv/all.txt
+	.lockenv/run/bin/$(FREEZE) > .lockenv/run.txt
+	( echo '# Pinned by `make lock` from requirements.in (pip freeze of a fresh venv, within the versions of'; \
+	  echo '# requirements-dev.lock). What the image installs. Do not edit by hand.'; \
+	  cat .lockenv/run.txt ) > requirements.lock
+	( echo '# Pinned by `make lock` from requirements-dev.in: what it adds to requirements.lock (pip freeze'; \
+	  echo '# of a fresh venv). `make` installs this file. Do not edit by hand.'; \
+	  echo '-r requirements.lock'; grep -vxF -f .lockenv/run.txt .lockenv/all.txt ) > requirements-dev.lock
 	rm -rf .lockenv
 
 clean:

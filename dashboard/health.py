@@ -1,7 +1,16 @@
-"""Liveness and readiness probes for load balancers and docker-compose healthchecks."""
+"""Liveness and readiness probes for load balancers and docker-compose healthchecks.
 
-from django.db import connection
+Anyone may call them, so they say what failed in a word and keep the database's own error text
+(host names, ports, user names, SQL) for the server's log.
+"""
+
+import logging
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.http import HttpRequest, JsonResponse
+from psycopg.errors import UndefinedTable
+
+log = logging.getLogger("flowscope.health")
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -9,14 +18,32 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-def readyz(request: HttpRequest) -> JsonResponse:
-    """Ready when the database answers and the schema is migrated."""
+def database_check() -> str:
+    """'ok', or why the database is not ready: 'unreachable' (no connection: refused, timed
+    out, authentication, dropped), 'not migrated', or 'error' (any other database error)."""
     try:
         with connection.cursor() as cur:
             cur.execute("SELECT count(*) FROM django_migrations WHERE app = 'dashboard'")
             (applied,) = cur.fetchone() or (0,)
-    except Exception as exc:  # any database failure means "not ready"
-        return JsonResponse({"status": "unavailable", "database": str(exc)[:200]}, status=503)
+    except (OperationalError, InterfaceError) as exc:
+        log.warning("readyz: the database is unreachable: %s", exc)
+        return "unreachable"
+    except DatabaseError as exc:
+        if isinstance(exc.__cause__, UndefinedTable):  # no django_migrations: an empty database
+            log.warning("readyz: the database is not migrated: %s", exc)
+            return "not migrated"
+        log.warning("readyz: the database check failed: %s", exc)
+        return "error"
     if not applied:
-        return JsonResponse({"status": "unavailable", "database": "not migrated"}, status=503)
-    return JsonResponse({"status": "ok"})
+        log.warning("readyz: the database has no dashboard migrations applied")
+        return "not migrated"
+    return "ok"
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Ready (200) when the database answers and the schema is migrated; else 503 with
+    {"status": "unavailable", "checks": {"database": <reason>}}."""
+    checks = {"database": database_check()}
+    if all(result == "ok" for result in checks.values()):
+        return JsonResponse({"status": "ok", "checks": checks})
+    return JsonResponse({"status": "unavailable", "checks": checks}, status=503)

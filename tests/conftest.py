@@ -81,27 +81,12 @@ def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
 @pytest.fixture
 def web(database_url: str, nats_server: EmbeddedNats, tmp_path: Path) -> Iterator[str]:
     """The real web process, Daphne serving dashboard.asgi, on the test database. Yields its URL."""
-    import subprocess
-    import sys
-
-    from eventbus.embedded import free_port, wait_for_port
+    from tests.webutil import daphne
 
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs a loop here
-    port = free_port()
-    env = dict(os.environ, DATABASE_URL=database_url, NATS_URL=nats_server.url)
-    log = open(tmp_path / "daphne.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-         "dashboard.asgi:application"],
-        cwd=Path(__file__).resolve().parent.parent, env=env, stdout=log, stderr=log,
-    )  # fmt: skip
-    try:
-        wait_for_port("127.0.0.1", port, 30, proc)  # type: ignore[arg-type]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+    env = {"DATABASE_URL": database_url, "NATS_URL": nats_server.url}
+    with daphne(env, tmp_path / "daphne.log") as url:
+        yield url
 
 
 @pytest.fixture

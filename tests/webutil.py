@@ -1,0 +1,43 @@
+"""The real web process (Daphne serving dashboard.asgi) for tests, on a database of their choice."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from eventbus.embedded import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def daphne(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """Daphne with `env` over this process's environment, logging to `log_path`; yields its URL."""
+    port = free_port()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+             "dashboard.asgi:application"],
+            cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=log,
+        )  # fmt: skip
+        try:
+            wait_for_port("127.0.0.1", port, 30, proc)  # type: ignore[arg-type]
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def get(url: str) -> tuple[int, bytes]:
+    """(status, body) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
