@@ -90,17 +90,18 @@ class Lease:
                 target = share(len(names), taps)
                 for name in sorted(self.owned - set(names)):  # the stream is gone
                     await self._unlock(conn, name, before_release)
-                for name in names:
-                    if len(self.owned) >= target:
-                        break
-                    if name in self.owned:
-                        continue
+                wanted = [name for name in names if name not in self.owned]
+                while wanted and len(self.owned) < target:
+                    # as many as it may still take, in one round trip (a burst of new streams)
+                    room = target - len(self.owned)
+                    take, wanted = wanted[:room], wanted[room:]
                     cur = await conn.execute(
-                        "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, stream_key(name))
+                        "SELECT pg_try_advisory_lock(%s, k) FROM unnest(%s::int[]) "
+                        "WITH ORDINALITY AS t(k, i) ORDER BY i",
+                        (LOCK_CLASS, [stream_key(name) for name in take]),
                     )
-                    got = await cur.fetchone()
-                    if got and got[0]:
-                        self.owned.add(name)
+                    got = await cur.fetchall()
+                    self.owned.update(n for n, (ok,) in zip(take, got, strict=True) if ok)
                 while len(self.owned) > target:
                     await self._unlock(conn, max(self.owned), before_release)
                 await self._publish(conn)

@@ -68,44 +68,46 @@ async def list_streams(nc: Client) -> list[StreamDesc]:
 
 
 async def upsert_stream(conn: psycopg.AsyncConnection[Any], s: StreamDesc) -> tuple[int, int]:
-    """The row of this incarnation (created if new) and its checkpoint: (stream_id, last_seq)."""
+    """The row of this incarnation (created if new) and its checkpoint: (stream_id, last_seq).
+    One statement (one round trip, atomic on its own): discovery runs it for each new or
+    changed stream, and a burst of new streams must be observed within milliseconds."""
     mode, note = choose_observer(s.config)
     state = s.state
-    async with conn.transaction():
-        cur = await conn.execute(
-            """
-            INSERT INTO flowscope_stream (name, created, retention, subjects, config, observed_by,
-                observation_note, discovered_at, updated_at, deleted_at, messages, bytes,
-                first_seq, last_seq, consumer_count)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, now(), now(), NULL, %s, %s, %s, %s, %s)
+    cur = await conn.execute(
+        """
+        WITH row AS (
+            INSERT INTO flowscope_stream (name, created, retention, subjects, config,
+                observed_by, observation_note, discovered_at, updated_at, deleted_at, messages,
+                bytes, first_seq, last_seq, consumer_count)
+            VALUES (%(name)s, %(created)s, %(retention)s, %(subjects)s, %(config)s, %(mode)s,
+                %(note)s, now(), now(), NULL, %(messages)s, %(bytes)s, %(first_seq)s,
+                %(last_seq)s, %(consumers)s)
             ON CONFLICT (name, created) DO UPDATE SET retention = EXCLUDED.retention,
                 subjects = EXCLUDED.subjects, config = EXCLUDED.config,
                 observed_by = EXCLUDED.observed_by, observation_note = EXCLUDED.observation_note,
                 updated_at = now(), deleted_at = NULL
             RETURNING id
-            """,
-            (s.name, s.created, s.retention, Jsonb(s.subjects), Jsonb(s.config), mode, note,
-             state.get("messages", 0), state.get("bytes", 0), state.get("first_seq", 0),
-             state.get("last_seq", 0), state.get("consumer_count", 0)),
-        )  # fmt: skip
-        row = await cur.fetchone()
-        assert row is not None
-        stream_id = int(row[0])  # type: ignore[call-overload]
-        await conn.execute(
-            "UPDATE flowscope_stream SET deleted_at = now() WHERE name = %s AND id <> %s "
-            "AND deleted_at IS NULL",
-            (s.name, stream_id),
+        ), older AS (  -- an earlier incarnation of the name is gone
+            UPDATE flowscope_stream SET deleted_at = now() WHERE name = %(name)s
+                AND id <> (SELECT id FROM row) AND deleted_at IS NULL
+        ), new_checkpoint AS (
+            INSERT INTO flowscope_checkpoint (stream_id, last_seq, recorded, updated_at)
+            SELECT id, 0, 0, now() FROM row ON CONFLICT DO NOTHING RETURNING last_seq
         )
-        await conn.execute(
-            "INSERT INTO flowscope_checkpoint (stream_id, last_seq, recorded, updated_at) "
-            "VALUES (%s, 0, 0, now()) ON CONFLICT DO NOTHING",
-            (stream_id,),
-        )
-        cur = await conn.execute(
-            "SELECT last_seq FROM flowscope_checkpoint WHERE stream_id = %s", (stream_id,)
-        )
-        cp = await cur.fetchone()
-    return stream_id, int(cp[0]) if cp else 0  # type: ignore[call-overload]
+        SELECT row.id, COALESCE(
+            (SELECT last_seq FROM new_checkpoint),
+            (SELECT c.last_seq FROM flowscope_checkpoint c WHERE c.stream_id = row.id)
+        ) FROM row
+        """,
+        {"name": s.name, "created": s.created, "retention": s.retention,
+         "subjects": Jsonb(s.subjects), "config": Jsonb(s.config), "mode": mode, "note": note,
+         "messages": state.get("messages", 0), "bytes": state.get("bytes", 0),
+         "first_seq": state.get("first_seq", 0), "last_seq": state.get("last_seq", 0),
+         "consumers": state.get("consumer_count", 0)},
+    )  # fmt: skip
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1] or 0)  # type: ignore[call-overload]
 
 
 async def checkpoint(conn: psycopg.AsyncConnection[Any], stream_id: int) -> int:

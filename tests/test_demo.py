@@ -453,3 +453,38 @@ async def test_without_a_tap_it_waits_as_long_as_asked_then_places_orders(nats_s
     await demo.stop()
     assert placed_while_waiting == 0
     assert demo.orders_placed > 0
+
+
+async def test_a_backlog_waits_for_the_tap_before_any_service_consumes_it(
+    nats_server, wiretap, database_url
+):
+    """A second `make run`: the previous run left a notification in a work-queue stream. The
+    services must not work it off before a tap subscribes: what they would publish meanwhile
+    (the next saga steps) would pass the work-queue streams unseen."""
+    from eventbus.demo.topology import Names
+    from tests.taputil import tap_running
+
+    names = Names(wiretap.namespace)
+    first = Demo(config(nats_server.url, wiretap.namespace))  # creates the streams, no orders
+    await first.start()
+    await first.stop()
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    stream = names.stream("NOTIFICATIONS")
+    await js.publish(names.subject("notifications.email"), b'{"order_id": "left-over"}')
+    demo = Demo(config(nats_server.url, wiretap.namespace, wait_for_tap=60.0))
+    await demo.start()
+    try:
+        await asyncio.sleep(1.5)
+        assert await _delivered(js, stream) == 0, "delivered to a service while no tap watched"
+        async with tap_running(nats_server.url, database_url):
+            # the tap watches every demo stream, the services start, the backlog is delivered
+            await eventually(lambda: _delivered(js, stream), timeout=30, what="delivered")
+    finally:
+        await demo.stop()
+        await nc.close()
+
+
+async def _delivered(js, stream: str) -> int:
+    """Messages the stream's consumers were given, all consumers together."""
+    return sum(c.delivered.stream_seq for c in await js.consumers_info(stream))

@@ -67,7 +67,7 @@ async def test_kill_9_at_any_moment_resumes_with_no_gap_and_no_duplicate(
     await js.add_stream(name=stream, subjects=[f"kill.{unique}"])
     publisher = asyncio.create_task(publish_many(js, f"kill.{unique}", total))
     log = tmp_path / "tap.log"
-    kills = 0
+    killed_at: list[int] = []  # the checkpoint when each kill landed on a live tap
     # Kill the tap while it is writing, at three different depths of the stream.
     for threshold in (3_000, 12_000, 25_000):
         proc = tap_process(nats_server.url, database_url, log)
@@ -77,10 +77,11 @@ async def test_kill_9_at_any_moment_resumes_with_no_gap_and_no_duplicate(
                 timeout=60,
                 what=f"checkpoint {threshold}",
             )
+            assert proc.poll() is None, f"the tap exited by itself: {log.read_text()[-2000:]}"
+            killed_at.append(await checkpoint(database_url, stream))
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            kills += 1
     await publisher
     proc = tap_process(nats_server.url, database_url, log)
     try:
@@ -91,7 +92,9 @@ async def test_kill_9_at_any_moment_resumes_with_no_gap_and_no_duplicate(
     finally:
         assert stop_process(proc) == 0, log.read_text()[-3000:]
     await nc.close()
-    assert kills == 3
+    # three kills of a running tap, each deeper into the stream than the one before
+    assert len(killed_at) == 3 and killed_at == sorted(killed_at), killed_at
+    assert all(at >= t for at, t in zip(killed_at, (3_000, 12_000, 25_000), strict=True))
     assert len(seqs) == total, f"{total - len(seqs)} missing or duplicated"
     assert seqs == list(range(1, total + 1))
     assert await gaps(database_url, stream) == []

@@ -7,7 +7,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats
 import nats.errors
@@ -61,6 +63,7 @@ class Demo:
         self.orders_placed = 0
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
+        self.tap_ready = asyncio.Event()  # set once a tap watches every demo stream (or gave up)
 
     def publisher(self, service: str) -> Publisher:
         assert self.js is not None
@@ -76,10 +79,14 @@ class Demo:
         )
         self.js = self.nc.jetstream()
         await self._ensure_topology()
+        # Nothing is consumed or placed before a tap watches every demo stream: a backlog left
+        # by an earlier run is worked off in milliseconds, and what leaves a work-queue stream
+        # unseen is never recorded.
         if self.config.wait_for_tap > 0:
-            # Before any service consumes: a backlog left by an earlier run is worked off in
-            # milliseconds, and what leaves a work-queue stream unseen is never recorded.
-            await self._await_tap()
+            waiter = asyncio.create_task(self._await_tap(), name="wait for the tap")
+            self.tasks.append(waiter)  # it ends; a failure is logged when the demo stops
+        else:
+            self.tap_ready.set()
         kv = await self._bucket()
         handlers = self.world.handlers()
         for spec in topology.CONSUMERS:
@@ -88,11 +95,13 @@ class Demo:
                             self.publisher(spec.service), self.config.concurrency,
                             self.config.retry_delay)  # fmt: skip
             self.workers[spec.durable] = worker
-            task = asyncio.create_task(worker.run(self.stop_event), name=spec.durable)
+            task = asyncio.create_task(
+                self._once_tap_ready(worker.run(self.stop_event)), name=spec.durable
+            )
             task.add_done_callback(self._ended)
             self.tasks.append(task)
         if self.config.rate > 0:
-            generator = asyncio.create_task(self._generate(), name="orders")
+            generator = asyncio.create_task(self._once_tap_ready(self._generate()), name="orders")
             generator.add_done_callback(self._ended)
             self.tasks.append(generator)
         log.info(
@@ -131,7 +140,28 @@ class Demo:
         self.orders_placed += 1
         return order.msg_id.split(".", 1)[0]
 
+    async def _once_tap_ready(self, work: Coroutine[Any, Any, None]) -> None:
+        waiting = asyncio.ensure_future(self.tap_ready.wait())
+        stopping = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            stopping.cancel()
+        if self.stop_event.is_set():
+            work.close()  # never started
+            return
+        await work
+
     async def _await_tap(self) -> None:
+        try:
+            await self._find_tap()
+        except Exception as exc:  # asking failed: say so, and let the services work anyway
+            log.error("demo: could not ask for a tap (%r): starting anyway", exc, exc_info=exc)
+        finally:
+            self.tap_ready.set()
+
+    async def _find_tap(self) -> None:
         """Ask the taps (`<prefix>.tap.observing`) until one watches each demo stream: the
         first orders' events pass interest and work-queue streams within milliseconds, and a
         tap that starts watching later would record them as gaps or not at all."""
