@@ -134,12 +134,17 @@ class EmbeddedNatsCluster:
     """`size` nats-servers with JetStream, clustered on 127.0.0.1: each node is an `EmbeddedNats`
     (its own client port, cluster port and store, under `base_dir/node-<i>`) with routes to the
     others. `url` is the comma-separated list `NATS_URL` takes; `node(i).stop(kill=True)` and
-    `node(i).start()` work mid-test, on the same ports."""
+    `node(i).start()` work mid-test, on the same ports. With `advertise=False` the nodes do not
+    tell clients about each other (`no_advertise`): a client knows only the servers it was given.
+    """
 
-    def __init__(self, base_dir: Path, size: int = 3, name: str = "flowscope"):
+    def __init__(
+        self, base_dir: Path, size: int = 3, name: str = "flowscope", advertise: bool = True
+    ):
         self.base_dir = Path(base_dir)
         self.size = size
         self.name = name
+        self.advertise = advertise
         self.nodes: list[EmbeddedNats] = []
 
     @property
@@ -159,7 +164,8 @@ class EmbeddedNatsCluster:
         for i in range(self.size):
             routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(cluster) if j != i)
             args = ("--cluster", f"nats://127.0.0.1:{cluster[i]}",
-                    "--cluster_name", self.name, "--routes", routes)  # fmt: skip
+                    "--cluster_name", self.name, "--routes", routes,
+                    f"--no_advertise={str(not self.advertise).lower()}")  # fmt: skip
             self.nodes.append(
                 EmbeddedNats(self.base_dir / f"node-{i}", port=client[i], extra_args=args)
             )

@@ -27,8 +27,10 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 @pytest.fixture
 def nats_cluster(tmp_path: Path) -> Iterator[EmbeddedNatsCluster]:
     """Three nats-servers clustered on loopback, JetStream ready (a meta leader elected);
-    `.url` lists them all, `.node(i).stop(kill=True)` and `.node(i).start()` work mid-test."""
-    cluster = EmbeddedNatsCluster(tmp_path / "cluster").start()
+    `.url` lists them all, `.node(i).stop(kill=True)` and `.node(i).start()` work mid-test.
+    They do not advertise each other to clients, so a client fails over only to servers it was
+    given: a test of `NATS_URL`'s list fails if the list is ignored."""
+    cluster = EmbeddedNatsCluster(tmp_path / "cluster", advertise=False).start()
     yield cluster
     cluster.stop(kill=True)
 
