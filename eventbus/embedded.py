@@ -7,6 +7,7 @@ port, own the process, and can stop and restart it on demand: tests kill a serve
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -118,6 +119,107 @@ class EmbeddedNats:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports the kernel hands out (all held open while choosing)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+
+
+class EmbeddedNatsCluster:
+    """`size` nats-servers with JetStream, clustered on 127.0.0.1: each node is an `EmbeddedNats`
+    (its own client port, cluster port and store, under `base_dir/node-<i>`) with routes to the
+    others. `url` is the comma-separated list `NATS_URL` takes; `node(i).stop(kill=True)` and
+    `node(i).start()` work mid-test, on the same ports. With `advertise=False` the nodes do not
+    tell clients about each other (`no_advertise`): a client knows only the servers it was given.
+    """
+
+    def __init__(
+        self, base_dir: Path, size: int = 3, name: str = "flowscope", advertise: bool = True
+    ):
+        self.base_dir = Path(base_dir)
+        self.size = size
+        self.name = name
+        self.advertise = advertise
+        self.nodes: list[EmbeddedNats] = []
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def node(self, i: int) -> EmbeddedNats:
+        return self.nodes[i]
+
+    def index_of(self, port: int | None) -> int:
+        """Which node listens for clients on `port` (ValueError: none)."""
+        return [n.port for n in self.nodes].index(port or -1)
+
+    def start(self, timeout: float = 30) -> EmbeddedNatsCluster:
+        ports = free_ports(2 * self.size)
+        client, cluster = ports[: self.size], ports[self.size :]
+        for i in range(self.size):
+            routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(cluster) if j != i)
+            args = ("--cluster", f"nats://127.0.0.1:{cluster[i]}",
+                    "--cluster_name", self.name, "--routes", routes,
+                    f"--no_advertise={str(not self.advertise).lower()}")  # fmt: skip
+            self.nodes.append(
+                EmbeddedNats(self.base_dir / f"node-{i}", port=client[i], extra_args=args)
+            )
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_for_jetstream(timeout)
+        except BaseException:
+            self.stop(kill=True)
+            raise
+        log.info("nats cluster %s ready: %s", self.name, self.url)
+        return self
+
+    def wait_for_jetstream(self, timeout: float = 30) -> None:
+        """Until every running node answers `$JS.API.INFO` without error: the cluster has
+        elected a JetStream meta leader and each node knows it."""
+        deadline = time.monotonic() + timeout
+        running = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        for node in running:
+            while (problem := _jetstream_problem(node.url)) is not None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"JetStream not ready on {node.url}: {problem}")
+                time.sleep(0.2)
+
+    def stop(self, kill: bool = False) -> None:
+        for node in self.nodes:
+            node.stop(kill)
+
+
+def _jetstream_problem(url: str) -> str | None:
+    """None when the server at `url` answers `$JS.API.INFO` without error, else why not.
+    Runs its own event loop in a thread, so it can be called from sync code and from async
+    tests alike."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    import nats
+
+    async def probe() -> str | None:
+        try:
+            nc = await nats.connect(url, allow_reconnect=False, connect_timeout=1)
+        except Exception as exc:
+            return repr(exc)
+        try:
+            reply = await nc.request("$JS.API.INFO", b"", timeout=1)
+            error = json.loads(reply.data).get("error")
+            return None if error is None else str(error)
+        except Exception as exc:
+            return repr(exc)
+        finally:
+            await nc.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, probe()).result()
 
 
 def _pg_bin(name: str) -> str:

@@ -55,6 +55,7 @@ log = logging.getLogger("flowscope.observer")
 
 CONSUMER_PREFIX = "flowscope_tap"
 GAP_REASON = "left the stream before the tap read it"
+REPLICAS_MUST_MATCH = 10134  # JSConsumerReplicasShouldMatchStream
 NS = 1_000_000_000
 
 
@@ -222,6 +223,10 @@ class ConsumerObserver(Observer):
 
     mode = "consumer"
     generation = 0
+    # One replica, in memory: cheap, and enough for a consumer recreated from the checkpoint
+    # whenever it is lost. An interest or work-queue stream with replicas refuses a consumer
+    # with another count (err_code 10134); there 0 takes the stream's own count.
+    replicas = 1
 
     def __init__(self, *args: Any, tap_id: str, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -234,6 +239,17 @@ class ConsumerObserver(Observer):
         self.failed: str | None = None
 
     async def _create_consumer(self) -> None:
+        error = await self._request_consumer()
+        if error and error.get("err_code") == REPLICAS_MUST_MATCH and self.replicas:
+            log.info("stream %s: its consumers must have its replicas: so has the tap's",
+                     self.stream)  # fmt: skip
+            self.replicas = 0
+            error = await self._request_consumer()
+        if error:
+            raise ConsumerLost(f"consumer create failed: {error}")
+
+    async def _request_consumer(self) -> dict[str, Any] | None:
+        """Ask for a new consumer from `next_seq`; the server's error, if it refused."""
         ConsumerObserver.generation += 1
         self.consumer = f"{CONSUMER_PREFIX}_{self.tap_id}_{ConsumerObserver.generation}"
         s = self.settings
@@ -245,16 +261,15 @@ class ConsumerObserver(Observer):
             "replay_policy": "instant",
             "inactive_threshold": int(s.inactive_threshold * NS),
             "mem_storage": True,
-            "num_replicas": 1,
+            "num_replicas": self.replicas,
             "max_waiting": 16,
             "description": "Flowscope tap: read-only observer (ack none, removed when idle)",
         }
         subject = f"$JS.API.CONSUMER.CREATE.{self.stream}.{self.consumer}"
         payload = json.dumps({"stream_name": self.stream, "config": config, "action": "create"})
         reply = await self.nc.request(subject, payload.encode(), timeout=5)
-        resp = json.loads(reply.data)
-        if "error" in resp:
-            raise ConsumerLost(f"consumer create failed: {resp['error']}")
+        error: dict[str, Any] | None = json.loads(reply.data).get("error")
+        return error
 
     async def _cleanup(self) -> None:
         if self.sub is not None:
@@ -262,9 +277,11 @@ class ConsumerObserver(Observer):
                 await self.sub.unsubscribe()
             self.sub = None
         if self.consumer and self.nc.is_connected:
+            # Best effort, briefly: on a dead node it cannot answer, and the server removes an
+            # idle tap consumer by itself after `inactive_threshold` anyway.
             with contextlib.suppress(Exception):
                 await self.nc.request(
-                    f"$JS.API.CONSUMER.DELETE.{self.stream}.{self.consumer}", b"", timeout=2
+                    f"$JS.API.CONSUMER.DELETE.{self.stream}.{self.consumer}", b"", timeout=0.5
                 )
         self.consumer = ""
         self.requests.clear()

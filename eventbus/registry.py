@@ -54,17 +54,29 @@ def describe(info: dict[str, Any]) -> StreamDesc:
     return StreamDesc(info["config"]["name"], created, info["config"], info.get("state", {}))
 
 
-async def list_streams(nc: Client) -> list[StreamDesc]:
+@dataclass
+class Listing:
+    """STREAM.LIST's answer: the streams described, and those it could not describe now (in a
+    cluster, a stream waiting for a new leader is named under `missing`: it still exists)."""
+
+    streams: list[StreamDesc]
+    missing: set[str]
+
+
+async def list_streams(nc: Client) -> Listing:
     """Every stream, paging through STREAM.LIST (the server answers a page at a time)."""
     found: list[StreamDesc] = []
+    missing: set[str] = set()
     offset = 0
     while True:
         resp = await js_api(nc, "$JS.API.STREAM.LIST", {"offset": offset})
         page = resp.get("streams") or []
         found.extend(describe(info) for info in page)
-        offset += len(page)
-        if not page or offset >= int(resp.get("total", 0)):
-            return found
+        absent = [str(name) for name in resp.get("missing") or []]
+        missing.update(absent)
+        offset += len(page) + len(absent)  # the server pages over every name, missing ones too
+        if not (page or absent) or offset >= int(resp.get("total", 0)):
+            return Listing(found, missing - {s.name for s in found})
 
 
 async def upsert_stream(conn: psycopg.AsyncConnection[Any], s: StreamDesc) -> tuple[int, int]:

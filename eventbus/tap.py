@@ -275,9 +275,13 @@ class Tap:
 
     async def reconcile(self) -> None:
         assert self.nc is not None
-        streams = {s.name: s for s in await list_streams(self.nc)}
+        listing = await list_streams(self.nc)
+        streams = {s.name: s for s in listing.streams}
+        # A stream the server could not describe now (no leader for a moment) still exists: it
+        # is neither deleted nor given away, and its observer goes on (it reconnects itself).
+        live = set(streams) | listing.missing
         db = await self._db()
-        gone = await mark_deleted(db, set(streams))
+        gone = await mark_deleted(db, live)
         for name in gone:
             log.info("stream %s was deleted", name)
         if not self.writer_healthy():
@@ -289,7 +293,7 @@ class Tap:
                 )  # fmt: skip
             await self.lease.release_all(self._release)
             return
-        owned = await self.lease.rebalance(streams, before_release=self._release)
+        owned = await self.lease.rebalance(live, before_release=self._release)
         for name in list(self.observers):
             if name not in owned:
                 await self._give_up(name, timeout=0)
@@ -300,7 +304,7 @@ class Tap:
                 log.error("stream %s: observer ended (%r): restarting it", name, exc,
                           exc_info=exc)  # fmt: skip
                 observer.start()
-        for name in sorted(owned):
+        for name in sorted(owned & set(streams)):
             await self._ensure_observer(db, streams[name])
 
     async def _release(self, name: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eventbus.embedded import EmbeddedNats
+from eventbus.embedded import EmbeddedNats, EmbeddedNatsCluster
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -22,6 +22,17 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
     server = EmbeddedNats(tmp_path / "nats").start()
     yield server
     server.stop(kill=True)
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[EmbeddedNatsCluster]:
+    """Three nats-servers clustered on loopback, JetStream ready (a meta leader elected);
+    `.url` lists them all, `.node(i).stop(kill=True)` and `.node(i).start()` work mid-test.
+    They do not advertise each other to clients, so a client fails over only to servers it was
+    given: a test of `NATS_URL`'s list fails if the list is ignored."""
+    cluster = EmbeddedNatsCluster(tmp_path / "cluster", advertise=False).start()
+    yield cluster
+    cluster.stop(kill=True)
 
 
 @pytest.fixture
