@@ -1,5 +1,7 @@
-"""Websocket routes. The live consumers arrive with the live-dashboard issue."""
+"""Websocket routes (asgi.py wraps them in the origin check and the session's user)."""
 
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-websocket_urlpatterns: list[URLPattern] = []
+from dashboard.live.consumer import LiveConsumer
+
+websocket_urlpatterns: list[URLPattern] = [path("ws/live/", LiveConsumer.as_asgi())]

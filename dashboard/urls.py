@@ -12,4 +12,6 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    # browsers ask for /favicon.ico whatever the page says
+    path("favicon.ico", views.favicon),
 ]

@@ -2,43 +2,15 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, QuerySet
-from django.db.models.functions import Lower
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.utils import timezone
+from django.shortcuts import redirect, render
+from django.templatetags.static import static
 
-from dashboard.models import Checkpoint, Consumer, Event, Gap, Stream
-from dashboard.taps import tap_views
-
-
-@login_required
-def overview(request: HttpRequest) -> HttpResponse:
-    streams = (
-        Stream.objects.filter(deleted_at__isnull=True)
-        .annotate(gap_count=Count("gaps", distinct=True))
-        .order_by(Lower("name"), "name")
-    )
-    consumers = (
-        Consumer.objects.filter(deleted_at__isnull=True, stream__deleted_at__isnull=True)
-        .select_related("stream")
-        .order_by("stream__name", "name")
-    )
-    recorded = dict(Checkpoint.objects.values_list("stream_id", "recorded"))
-    rows = [(s, recorded.get(s.id, 0)) for s in streams]
-    return render(
-        request,
-        "dashboard/overview.html",
-        {
-            "stream_rows": rows,
-            "consumers": consumers,
-            "lag_interval": settings.FLOWSCOPE_LAG_INTERVAL,
-            "taps": tap_views(timezone.now()),
-        },
-    )
+from dashboard.models import Checkpoint, Event, Gap, Stream
+from dashboard.pages.overview import overview as overview  # the page lives in dashboard/pages
 
 
 def newest_queries(stream: Stream, limit: int) -> tuple[QuerySet[Event], QuerySet[Event]]:
@@ -82,6 +54,11 @@ def stream_detail(request: HttpRequest, name: str) -> HttpResponse:
             "consumers": stream.consumers.filter(deleted_at__isnull=True).order_by("name"),
         },
     )
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico whatever the page links: send them to the real one."""
+    return redirect(static("favicon.svg"), permanent=True)
 
 
 class Logout(auth_views.LogoutView):

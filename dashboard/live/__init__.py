@@ -1,0 +1,1 @@
+"""Live pages: the tap's digests pushed to browsers over websockets (see hub.py)."""

@@ -1,0 +1,207 @@
+"""The live hub: one per web process. It holds ONE NATS subscription to the tap's digests
+(`<prefix>.digest.>`) and turns them into pushes for the browsers of this process.
+
+A digest marks topics dirty (`overview`, `topology`, `stream:<name>`, `consumer:<stream>:<name>`).
+Every `tick` seconds each dirty topic that a socket of this process watches is rendered ONCE
+(a few indexed queries, whatever the number of sockets or events) and sent to that topic's
+Channels group; each socket then coalesces what it receives (latest state wins) to at most a few
+updates a second (dashboard/live/consumer.py). Watched topics are also refreshed every
+`refresh` seconds, so ages and a tap that stopped committing (no digests at all) show on screen.
+No database polling per client and no Redis: two web processes each hold their own
+subscription and fan out to their own sockets through the in-memory channel layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import nats
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from nats.aio.client import Client
+
+from dashboard.live.topics import renderer
+from eventbus.natsconn import servers
+
+log = logging.getLogger("flowscope.live")
+
+
+def group_name(topic: str) -> str:
+    """Channels group names allow only ASCII letters, digits, `-_.` and under 100 characters;
+    stream and consumer names allow more, so a topic's group is named by its hash."""
+    return "live." + hashlib.sha256(topic.encode()).hexdigest()[:32]
+
+
+def dirty_topics(subject: str, body: dict[str, Any]) -> set[str]:
+    """The topics a digest changes (pure: unit-tested)."""
+    topics = {"overview", "topology"}
+    kind = subject.rsplit(".", 1)[-1]
+    streams = body.get("streams") or {}
+    if not isinstance(streams, dict):
+        return topics
+    for name, entry in streams.items():
+        topics.add(f"stream:{name}")
+        if kind == "lag" and isinstance(entry, dict):
+            for consumer in entry.get("consumers") or {}:
+                topics.add(f"consumer:{name}:{consumer}")
+            for consumer in entry.get("removed") or []:
+                topics.add(f"consumer:{name}:{consumer}")
+    return topics
+
+
+class LiveHub:
+    def __init__(
+        self,
+        nats_url: str,
+        prefix: str = "flowscope",
+        tick: float = 0.25,
+        refresh: float = 5.0,
+        render: Callable[[str], str | None] = renderer,
+    ):
+        self.nats_url = nats_url
+        self.prefix = prefix
+        self.tick = tick
+        self.refresh = refresh
+        self.render_sync = render
+        self.watched: Counter[str] = Counter()  # topic -> sockets of this process
+        self.dirty: set[str] = set()
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.nc: Client | None = None
+        self.connected = False
+        # figures for /metrics and the live benchmark
+        self.digests = 0
+        self.renders = 0
+        self.pushes = 0
+
+    # -- sockets --------------------------------------------------------------------------
+    def watch(self, topic: str) -> None:
+        self.watched[topic] += 1
+        self.ensure_started()
+
+    def unwatch(self, topic: str) -> None:
+        self.watched[topic] -= 1
+        if self.watched[topic] <= 0:
+            del self.watched[topic]
+
+    async def render(self, topic: str) -> str | None:
+        """The topic's live HTML now (also what a socket gets when it (re)connects)."""
+        self.renders += 1
+        return await sync_to_async(self.render_sync, thread_sensitive=False)(topic)
+
+    # -- the process' one subscription ----------------------------------------------------
+    def ensure_started(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._supervise(), name="live hub")
+
+    async def _supervise(self) -> None:
+        """Runs for the life of the process; a failure is logged with its traceback and the
+        hub starts again (sockets keep their groups; they only miss pushes meanwhile)."""
+        delay = 0.5
+        while True:
+            try:
+                await self._run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("live hub failed: restarting in %.1fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                await self._close()
+
+    async def _close(self) -> None:
+        nc, self.nc = self.nc, None
+        self.connected = False
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    async def _run(self) -> None:
+        async def disconnected() -> None:
+            self.connected = False
+            log.warning("live hub: NATS connection lost, reconnecting (pages stay as they are)")
+
+        async def reconnected() -> None:
+            self.connected = True
+            self._mark(set(self.watched))  # re-sync: what changed while away
+
+        self.nc = await nats.connect(
+            servers(self.nats_url),
+            name="flowscope-web",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+        )
+        self.connected = True
+        await self.nc.subscribe(f"{self.prefix}.digest.>", cb=self._on_digest)
+        log.info("live hub: subscribed to %s.digest.> on %s", self.prefix, self.nc.connected_url)
+        next_refresh = time.monotonic() + self.refresh
+        while True:
+            now = time.monotonic()
+            if now >= next_refresh:
+                self._mark(set(self.watched))
+                next_refresh = now + self.refresh
+            if self.dirty:
+                await self._push()  # at once: the first change after a quiet spell is not held
+                await asyncio.sleep(self.tick)  # then at most one render of a topic per tick
+                continue
+            self.wake.clear()  # (no await since `dirty` was checked: no wake-up is lost)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_refresh - time.monotonic())):
+                    await self.wake.wait()
+
+    async def _on_digest(self, msg: Any) -> None:
+        self.digests += 1
+        try:
+            body = json.loads(msg.data)
+        except ValueError:
+            log.warning("live hub: a digest that is not JSON on %s", msg.subject)
+            return
+        if isinstance(body, dict):
+            self._mark(dirty_topics(msg.subject, body))
+
+    def _mark(self, topics: set[str]) -> None:
+        topics &= set(self.watched)  # render only what a socket here shows
+        if topics:
+            self.dirty |= topics
+            self.wake.set()
+
+    async def _push(self) -> None:
+        topics, self.dirty = self.dirty, set()
+        layer = get_channel_layer()
+        assert layer is not None
+        for topic in sorted(topics):
+            try:
+                html = await self.render(topic)
+            except Exception:  # one broken topic must not stop the others
+                log.exception("live hub: rendering %s failed", topic)
+                continue
+            if html is None:
+                continue
+            self.pushes += 1
+            await layer.group_send(
+                group_name(topic), {"type": "live.push", "topic": topic, "html": html}
+            )
+
+
+_hub: LiveHub | None = None
+
+
+def hub() -> LiveHub:
+    """This process' hub (created on first use, in the server's event loop)."""
+    global _hub
+    if _hub is None:
+        from django.conf import settings
+
+        _hub = LiveHub(settings.NATS_URL, settings.FLOWSCOPE_SUBJECT_PREFIX)
+    return _hub

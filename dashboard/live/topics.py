@@ -1,0 +1,75 @@
+"""What a page may watch, and how each topic is rendered.
+
+A topic names one page's live part: `overview`, `topology`, `stream:<name>`,
+`consumer:<stream>:<name>`. A socket watches only the topics its page shows (given in the
+`ws-connect` URL, checked here). Each topic renders to the HTML of that page's live partials,
+each root marked `hx-swap-oob`, from the same named partials as the full page.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+MAX_TOPICS = 8
+MAX_NAME = 255
+# topic kind -> "module:function" taking the topic's names and returning the HTML (or None
+# when what it shows no longer exists); imported on first use so each page owns its renderer.
+RENDERERS: dict[str, str] = {
+    "overview": "dashboard.pages.overview:overview_live_html",
+}
+
+
+def parse_topic(text: str) -> tuple[str, tuple[str, ...]] | None:
+    """`stream:ORDERS` -> ("stream", ("ORDERS",)); None when it is not a topic a page shows."""
+    kind, _, rest = text.partition(":")
+    if kind in ("overview", "topology"):
+        return (kind, ()) if not rest else None
+    names = tuple(rest.split(":")) if rest else ()
+    arity = {"stream": 1, "consumer": 2}.get(kind)
+    if arity is None or len(names) != arity:
+        return None
+    if any(not n or len(n) > MAX_NAME or not n.isprintable() for n in names):
+        return None
+    return kind, names
+
+
+def parse_topics(query: str) -> list[str]:
+    """The `topics` of a ws-connect query string (comma-separated, at most MAX_TOPICS, each
+    valid), deduplicated in order."""
+    from urllib.parse import parse_qs
+
+    found: list[str] = []
+    for value in parse_qs(query).get("topics", []):
+        for text in value.split(","):
+            text = text.strip()
+            if text and text not in found and parse_topic(text) is not None:
+                found.append(text)
+    return found[:MAX_TOPICS]
+
+
+def _function(kind: str) -> Callable[..., str | None] | None:
+    target = RENDERERS.get(kind)
+    if target is None:
+        return None
+    module, _, name = target.partition(":")
+    fn: Callable[..., str | None] = getattr(importlib.import_module(module), name)
+    return fn
+
+
+def renderer(topic: str) -> str | None:
+    """Render a topic's live HTML (sync: runs the ORM; called in a worker thread, whose
+    database connection is checked as a request's would be: one that broke is replaced)."""
+    from django.db import close_old_connections
+
+    parsed = parse_topic(topic)
+    if parsed is None:
+        return None
+    fn = _function(parsed[0])
+    if fn is None:
+        return None
+    close_old_connections()
+    try:
+        return fn(*parsed[1])
+    finally:
+        close_old_connections()

@@ -1,0 +1,204 @@
+"""The overview (`/`): every stream with its rate, size, consumers and worst lag, sparklines of
+rate and lag, KV buckets and object stores apart, the taps, and every consumer. The same
+partials render the full page and the live pushes (`overview_live_html`)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count
+from django.db.models.functions import Lower
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from dashboard.models import Checkpoint, Consumer, ConsumerSample, Stream, StreamSample
+from dashboard.taps import tap_views
+
+SPARK_WINDOW = timedelta(minutes=15)
+RATE_WINDOW = 60.0  # seconds: "message rate (last minute)"
+STEADY = 0.05  # a lag within 5% of a minute ago (or within 1 message) is steady
+SPECIAL = (("KV_", "kv"), ("OBJ_", "obj"))  # KV buckets and object stores are streams too
+
+
+def kind_of(name: str) -> tuple[str, str]:
+    """('kv', 'config') for KV_config, ('obj', 'files') for OBJ_files, else ('stream', name)."""
+    for prefix, kind in SPECIAL:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return kind, name[len(prefix) :]
+    return "stream", name
+
+
+def rate_series(points: Sequence[tuple[float, int]]) -> tuple[list[float], list[float]]:
+    """(unix seconds, last_seq) samples -> messages/s between consecutive samples, at the later
+    one. A sequence that went down (stream purged and reset) counts as 0, not negative."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for (t0, s0), (t1, s1) in itertools.pairwise(points):
+        if t1 > t0:
+            xs.append(t1)
+            ys.append(max(0.0, (s1 - s0) / (t1 - t0)))
+    return xs, ys
+
+
+def recent_rate(points: Sequence[tuple[float, int]], window: float = RATE_WINDOW) -> float | None:
+    """Messages/s over the last `window` seconds of samples (the history there is, if shorter);
+    None without two samples."""
+    if len(points) < 2:
+        return None
+    t1, s1 = points[-1]
+    start = next((p for p in points if p[0] >= t1 - window), points[0])
+    if start[0] >= t1:
+        start = points[-2]
+    t0, s0 = start
+    return max(0.0, (s1 - s0) / (t1 - t0)) if t1 > t0 else None
+
+
+def trend(now: int, before: int | None) -> str:
+    """growing / shrinking / steady: a lag now against the same lag about a minute ago."""
+    if before is None:
+        return "steady"
+    margin = max(1.0, STEADY * before)
+    if now > before + margin:
+        return "growing"
+    if now < before - margin:
+        return "shrinking"
+    return "steady"
+
+
+@dataclass
+class StreamRow:
+    stream: Stream
+    label: str  # the name, or the bucket's name for KV_/OBJ_
+    recorded: int
+    dropped: int
+    gaps: int
+    rate: float | None
+    worst: Consumer | None
+    worst_trend: str
+    rate_xs: list[float] = field(default_factory=list)
+    rate_ys: list[float] = field(default_factory=list)
+    lag_xs: list[float] = field(default_factory=list)
+    lag_ys: list[float] = field(default_factory=list)
+
+    @property
+    def rate_json(self) -> tuple[str, str]:
+        return json.dumps([round(x) for x in self.rate_xs]), json.dumps(
+            [round(y, 2) for y in self.rate_ys]
+        )
+
+    @property
+    def lag_json(self) -> tuple[str, str]:
+        return json.dumps([round(x) for x in self.lag_xs]), json.dumps(self.lag_ys)
+
+
+Points = list[tuple[float, int]]
+
+
+def _series(
+    stream_ids: Iterable[int], since: datetime
+) -> tuple[dict[int, Points], dict[int, dict[float, int]]]:
+    """Stream samples (ts, last_seq) and the worst consumer lag per sample time, per stream."""
+    ids = list(stream_ids)
+    seqs: dict[int, Points] = defaultdict(list)
+    for sid, ts, last in (
+        StreamSample.objects.filter(stream_id__in=ids, ts__gte=since)
+        .order_by("stream_id", "ts")
+        .values_list("stream_id", "ts", "last_seq")
+    ):
+        seqs[sid].append((ts.timestamp(), last))
+    lags: dict[int, dict[float, int]] = defaultdict(dict)
+    for sid, ts, pending, ack_pending in ConsumerSample.objects.filter(
+        stream_id__in=ids, ts__gte=since
+    ).values_list("stream_id", "ts", "num_pending", "num_ack_pending"):
+        t = ts.timestamp()
+        lags[sid][t] = max(lags[sid].get(t, 0), pending + ack_pending)
+    return seqs, lags
+
+
+def _lag_before(consumers: list[Consumer], now: datetime) -> dict[tuple[int, str], int]:
+    """Each consumer's lag about a minute ago: its last sample at or before then."""
+    then = now - timedelta(seconds=RATE_WINDOW)
+    found: dict[tuple[int, str], int] = {}
+    for c in consumers:
+        sample = (
+            ConsumerSample.objects.filter(stream_id=c.stream_id, consumer=c.name, ts__lte=then)
+            .order_by("-ts")
+            .values_list("num_pending", "num_ack_pending")
+            .first()
+        )
+        if sample is not None:
+            found[(c.stream_id, c.name)] = sample[0] + sample[1]
+    return found
+
+
+def overview_context(now: datetime) -> dict[str, object]:
+    streams = list(
+        Stream.objects.filter(deleted_at__isnull=True)
+        .annotate(gap_count=Count("gaps", distinct=True))
+        .order_by(Lower("name"), "name")
+    )
+    consumers = list(
+        Consumer.objects.filter(deleted_at__isnull=True, stream__deleted_at__isnull=True)
+        .select_related("stream")
+        .order_by(Lower("stream__name"), "stream__name", "name")
+    )
+    checkpoints = {
+        c.stream_id: c for c in Checkpoint.objects.filter(stream_id__in=[s.id for s in streams])
+    }
+    seqs, lags = _series((s.id for s in streams), now - SPARK_WINDOW)
+    worst: dict[int, Consumer] = {}
+    for c in consumers:
+        if c.stream_id not in worst or c.lag > worst[c.stream_id].lag:
+            worst[c.stream_id] = c
+    before = _lag_before(list(worst.values()), now)
+    rows: dict[str, list[StreamRow]] = {"stream": [], "kv": [], "obj": []}
+    for s in streams:
+        kind, label = kind_of(s.name)
+        cp = checkpoints.get(s.id)
+        w = worst.get(s.id)
+        rate_xs, rate_ys = rate_series(seqs.get(s.id, []))
+        lag_points = sorted(lags.get(s.id, {}).items())
+        rows[kind].append(
+            StreamRow(
+                stream=s, label=label, recorded=cp.recorded if cp else 0,
+                dropped=cp.dropped if cp else 0, gaps=s.gap_count,  # type: ignore[attr-defined]
+                rate=recent_rate(seqs.get(s.id, [])), worst=w,
+                worst_trend=trend(w.lag, before.get((s.id, w.name))) if w else "steady",
+                rate_xs=rate_xs, rate_ys=rate_ys,
+                lag_xs=[t for t, _ in lag_points], lag_ys=[v for _, v in lag_points],
+            )
+        )  # fmt: skip
+    return {
+        "stream_rows": rows["stream"],
+        "kv_rows": rows["kv"],
+        "obj_rows": rows["obj"],
+        "consumers": consumers,
+        "taps": tap_views(now),
+        "lag_interval": settings.FLOWSCOPE_LAG_INTERVAL,
+        "spark_minutes": int(SPARK_WINDOW.total_seconds() // 60),
+    }
+
+
+LIVE_PARTIALS = ("taps", "streams", "stores", "consumers")
+
+
+@login_required
+def overview(request: HttpRequest) -> HttpResponse:
+    return render(request, "dashboard/overview.html", overview_context(timezone.now()))
+
+
+def overview_live_html() -> str:
+    """The overview's live partials, each marked for an out-of-band swap (the live hub)."""
+    context = {**overview_context(timezone.now()), "oob": True}
+    return "".join(
+        render_to_string(f"dashboard/overview.html#{name}", context) for name in LIVE_PARTIALS
+    )

@@ -1,0 +1,193 @@
+"""The live transport (issue #12): one NATS subscription per web process, fan-out to sockets
+through Channels groups, coalesced per socket; pure parts unit-tested, the rest against a real
+nats-server and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import nats
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from dashboard.live import hub as hub_module
+from dashboard.live.consumer import LiveConsumer
+from dashboard.live.hub import LiveHub, dirty_topics, group_name
+from dashboard.live.topics import parse_topic, parse_topics
+from dashboard.pages.overview import kind_of, rate_series, recent_rate, trend
+
+
+def test_topics_are_only_what_a_page_shows():
+    assert parse_topic("overview") == ("overview", ())
+    assert parse_topic("stream:ORDERS") == ("stream", ("ORDERS",))
+    assert parse_topic("consumer:ORDERS:inventory") == ("consumer", ("ORDERS", "inventory"))
+    for bad in ("overview:x", "stream:", "stream:A:B", "consumer:A", "events", "stream:a\nb", ""):
+        assert parse_topic(bad) is None, bad
+    query = "topics=overview,stream:A,stream:A,bogus,stream:B&topics=consumer:A:c"
+    assert parse_topics(query) == ["overview", "stream:A", "stream:B", "consumer:A:c"]
+    assert len(parse_topics("topics=" + ",".join(f"stream:S{i}" for i in range(50)))) == 8
+
+
+def test_group_names_are_valid_for_any_topic():
+    import re
+
+    for topic in ("overview", "stream:" + "x" * 250, "consumer:ÖRDERS:<b>"):
+        name = group_name(topic)
+        assert re.fullmatch(r"[A-Za-z0-9._-]{1,99}", name), name
+    assert group_name("stream:A") != group_name("stream:B")
+
+
+def test_a_digest_dirties_the_pages_that_show_what_it_changed():
+    events = {"kind": "events", "streams": {"ORDERS": {"count": 3}}, "total": 3}
+    assert dirty_topics("flowscope.digest.events", events) == {
+        "overview", "topology", "stream:ORDERS",
+    }  # fmt: skip
+    lag = {"streams": {"ORDERS": {"consumers": {"inventory": {}}, "removed": ["old"]}}}
+    assert dirty_topics("flowscope.digest.lag", lag) == {
+        "overview", "topology", "stream:ORDERS", "consumer:ORDERS:inventory", "consumer:ORDERS:old",
+    }  # fmt: skip
+    assert dirty_topics("flowscope.digest.events", {"streams": ["odd"]}) == {"overview", "topology"}
+
+
+def test_rates_trends_and_store_names():
+    points = [(0.0, 0), (5.0, 50), (10.0, 150), (15.0, 10)]  # purged and reset at the end
+    assert rate_series(points) == ([5.0, 10.0, 15.0], [10.0, 20.0, 0.0])
+    assert recent_rate([(0.0, 0), (30.0, 300), (70.0, 700), (90.0, 900)]) == pytest.approx(10.0)
+    assert recent_rate([(0.0, 0)]) is None
+    assert trend(100, 50) == "growing" and trend(10, 50) == "shrinking"
+    assert trend(100, 100) == "steady" and trend(101, 100) == "steady" and trend(5, None) == "steady"
+    assert kind_of("KV_config") == ("kv", "config") and kind_of("OBJ_files") == ("obj", "files")
+    assert kind_of("ORDERS") == ("stream", "ORDERS") and kind_of("KV_") == ("stream", "KV_")
+
+
+@pytest.fixture
+async def _close_thread_connections():
+    """The ORM ran in asgiref's thread: close its connection, or the test database cannot be
+    dropped at the end."""
+    yield
+
+    def close() -> None:
+        from django.db import connection  # resolved in the thread that runs this
+
+        connection.close()
+
+    await sync_to_async(close)()
+
+
+@pytest.fixture
+async def live_hub(nats_server, settings):
+    """A hub of this test's own on the test's nats-server (the process-wide one is replaced)."""
+    renders: list[str] = []
+
+    def render(topic: str) -> str:
+        renders.append(topic)
+        return f'<div id="t" hx-swap-oob="true">{topic} {len(renders)}</div>'
+
+    hub = LiveHub(nats_server.url, "flowscope", tick=0.05, refresh=60, render=render)
+    hub.renders_log = renders  # type: ignore[attr-defined]
+    previous, hub_module._hub = hub_module._hub, hub
+    yield hub
+    hub_module._hub = previous
+    if hub.task is not None:
+        hub.task.cancel()
+        await asyncio.gather(hub.task, return_exceptions=True)
+
+
+async def _user(username: str):
+    from django.contrib.auth.models import User
+
+    return await sync_to_async(User.objects.create_user)(username, password="pw-123456789")
+
+
+def _socket(user, topics: str = "overview") -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(LiveConsumer.as_asgi(), f"/ws/live/?topics={topics}")
+    communicator.scope["user"] = user
+    return communicator
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_an_anonymous_socket_is_refused(live_hub):
+    from django.contrib.auth.models import AnonymousUser
+
+    connected, _ = await _socket(AnonymousUser()).connect()
+    assert connected is False
+    assert live_hub.task is None  # nothing was started for it
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_a_socket_gets_the_state_at_once_then_each_digest_coalesced(
+    live_hub, nats_server
+):
+    socket = _socket(await _user("bob"))
+    connected, _ = await socket.connect()
+    assert connected
+    first = await socket.receive_from(timeout=5)
+    assert first.startswith('<div id="t" hx-swap-oob="true">overview')  # re-sync on connect
+    nc = await nats.connect(nats_server.url)
+    await asyncio.sleep(0.3)  # the hub's subscription is in place
+    digest = json.dumps({"kind": "events", "streams": {"S": {"count": 1}}}).encode()
+    # A burst of 200 digests in one second: the socket gets a handful of updates, not 200.
+    started = time.monotonic()
+    for _ in range(200):
+        await nc.publish("flowscope.digest.events", digest)
+        await asyncio.sleep(0.005)
+    received = []
+    # (receive_nothing, not a receive timeout: asgiref's testing cancels the socket on those)
+    while not await socket.receive_nothing(timeout=1, interval=0.02):
+        received.append(await socket.receive_from())
+    elapsed = time.monotonic() - started
+    await nc.close()
+    await socket.disconnect()
+    assert live_hub.digests == 200
+    assert 1 <= len(received) <= elapsed * 4 + 1, (len(received), elapsed)
+    assert received[-1].endswith(f"overview {len(live_hub.renders_log)}</div>")  # latest wins
+    assert live_hub.watched == {}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_two_sockets_share_one_render_per_tick(live_hub, nats_server):
+    a, b = _socket(await _user("a")), _socket(await _user("b"))
+    assert (await a.connect())[0] and (await b.connect())[0]
+    await a.receive_from(timeout=5)
+    await b.receive_from(timeout=5)
+    before = len(live_hub.renders_log)
+    nc = await nats.connect(nats_server.url)
+    await asyncio.sleep(0.3)
+    await nc.publish("flowscope.digest.events", b'{"streams": {}}')
+    got_a, got_b = await a.receive_from(timeout=5), await b.receive_from(timeout=5)
+    await nc.close()
+    assert got_a == got_b  # the same rendering, sent to both
+    assert len(live_hub.renders_log) == before + 1
+    await a.disconnect()
+    await b.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_the_hub_survives_a_nats_restart(live_hub, nats_server):
+    socket = _socket(await _user("carol"))
+    assert (await socket.connect())[0]
+    await socket.receive_from(timeout=5)
+    nats_server.stop(kill=True)
+    await asyncio.sleep(1)
+    nats_server.start()
+    nc = await nats.connect(nats_server.url)
+
+    async def pushed() -> bool:
+        await nc.publish("flowscope.digest.lag", b'{"streams": {}}')
+        if await socket.receive_nothing(timeout=0.5, interval=0.02):
+            return False
+        await socket.receive_from()
+        return True
+
+    deadline = time.monotonic() + 20
+    while not await pushed():
+        assert time.monotonic() < deadline, "no push after NATS came back"
+    await nc.close()
+    await socket.disconnect()
