@@ -17,10 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def daphne(env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """Daphne with `env` over this process's environment, logging to `log_path`; yields its URL."""
-    port = free_port()
-    with open(log_path, "wb") as log:
+def daphne(env: dict[str, str], log_path: Path, port: int | None = None) -> Iterator[str]:
+    """Daphne with `env` over this process's environment, logging to `log_path` (appending);
+    yields its URL. `port`: a given one (to start it again on the same address)."""
+    port = port or free_port()
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
              "dashboard.asgi:application"],
