@@ -48,11 +48,13 @@ class Lease:
         self.owned: set[str] = set()
         self.lock = asyncio.Lock()  # discovery and the heartbeat share the connection
         self.published: list[str] | None = None  # the streams last written to our tap row
+        self.aside = False  # standing aside: not counted by the other taps (see `_stand`)
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None or self.conn.closed:
             self.owned.clear()  # a new session holds no locks
             self.published = None
+            self.aside = False
             self.conn = await psycopg.AsyncConnection.connect(
                 self.database_url, autocommit=True, application_name=APP_NAME, connect_timeout=5
             )
@@ -80,6 +82,7 @@ class Lease:
         async with self.lock:
             try:
                 conn = await self._connect()
+                await self._stand(conn, aside=False)
                 cur = await conn.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
                     "AND datname = current_database()",
@@ -111,7 +114,8 @@ class Lease:
             return set(self.owned)
 
     async def release_all(self, before_release: Release | None = None) -> None:
-        """Give back every stream (the tap cannot write what it reads)."""
+        """Give back every stream and stand aside: the tap cannot write what it reads. Until
+        `rebalance` is called again, the other taps do not count it when they share out."""
         async with self.lock:
             if self.conn is None or self.conn.closed:
                 self.owned.clear()
@@ -120,9 +124,18 @@ class Lease:
                 for name in sorted(self.owned):
                     await self._unlock(self.conn, name, before_release)
                 await self._publish(self.conn)
+                await self._stand(self.conn, aside=True)
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 await self._lost()
                 raise
+
+    async def _stand(self, conn: psycopg.AsyncConnection[Any], aside: bool) -> None:
+        """Taps are counted by their lease connections' application name: a tap standing aside
+        renames its own, so the others share the streams out without it at once."""
+        if aside != self.aside:
+            name = APP_NAME + "-aside" if aside else APP_NAME
+            await conn.execute("SELECT set_config('application_name', %s, false)", (name,))
+            self.aside = aside
 
     async def _publish(self, conn: psycopg.AsyncConnection[Any]) -> None:
         owned = sorted(self.owned)

@@ -311,8 +311,8 @@ class Tap:
         """Before a stream's lock is given back: stop reading it and write (or, failing that
         in time, drop) what this tap holds of it, so the next owner resumes from a checkpoint
         that covers everything this one read."""
-        timeout = self.config.handover_timeout if self.writer_healthy() else 0.0
-        await self._give_up(name, timeout)
+        writing = self.writer_healthy() and self.writer.db_down_since is None
+        await self._give_up(name, self.config.handover_timeout if writing else 0.0)
 
     async def _give_up(self, name: str, timeout: float) -> None:
         observer = self.observers.pop(name, None)
@@ -325,8 +325,8 @@ class Tap:
             observer.hand_over_pending()
             if await self.writer.flush_stream(observer.stream_id, timeout):
                 return
-            log.warning("stream %s: what this tap held was not written in %.0fs: dropped "
-                        "(the next owner reads it again)", name, timeout)  # fmt: skip
+            log.warning("stream %s: what this tap held could not be written in time: dropped "
+                        "(the next owner reads it again)", name)  # fmt: skip
         dropped = self.writer.forget(observer.stream_id)
         if dropped:
             log.info("stream %s: %d events held by this tap left to the next owner", name,

@@ -208,7 +208,7 @@ class Writer:
         deadline = time.monotonic() + timeout
         while self.holds(stream_id):
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.db_down_since is not None:  # not while it cannot write
                 return False
             self.progress.clear()
             await wait_event(self.progress, min(remaining, 0.1))
@@ -304,6 +304,7 @@ class Writer:
         that failed; the streams without a conflict when a checkpoint had moved)."""
         try:
             conflicts = await flight.task
+            self._up()
         except RETRY as exc:
             self._down(exc, sum(i.count for i in flight.batch))
             return flight.batch
@@ -398,13 +399,17 @@ class Writer:
             if self.on_conflict:
                 await self.on_conflict(stream_id)
 
-    async def _committed(self, batch: list[Item], seconds: float) -> None:
+    def _up(self) -> None:
+        """A transaction ended (committed, or rolled back on a guard): PostgreSQL answers."""
         if self.db_down_since is not None:
             log.warning(
                 "PostgreSQL is back after %.1fs: writing resumed",
                 time.monotonic() - self.db_down_since,
             )
             self.db_down_since = None
+
+    async def _committed(self, batch: list[Item], seconds: float) -> None:
+        self._up()
         committed = summarize(batch)
         committed.seconds = seconds
         self.written += committed.count
@@ -432,6 +437,7 @@ class Writer:
         self.staged_batches += 1
         while batch:
             conflicts = await self._try_commit(conn, batch, staged=True)
+            self._up()
             if not conflicts:
                 break
             await self._resync(conflicts)

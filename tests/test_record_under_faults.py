@@ -472,3 +472,47 @@ async def test_a_subject_subscription_that_falls_behind_counts_what_it_drops(
 async def _ready(tap: Tap, stream: str) -> bool:
     o = tap.observers.get(stream)
     return o is not None and o.ready.is_set()
+
+
+async def test_a_tap_whose_writer_cannot_commit_gives_its_streams_to_another(
+    nats_server, database_url, unique
+):
+    """Tap a's writer loses PostgreSQL (its connections refused) while its lease connection
+    stays up: a reads and holds, commits nothing. After `unhealthy_after` it gives its streams
+    back, tap b takes them, and every event is recorded once."""
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    names = [f"SICK_{unique}_{i}" for i in range(2)]
+    for i, name in enumerate(names):
+        await js.add_stream(name=name, subjects=[f"sick.{unique}.{i}"])
+        await fill(js, f"sick.{unique}.{i}", 500)
+    async with tap_running(nats_server.url, database_url, unhealthy_after=2.0) as a:
+        for name in names:
+            await eventually(partial(at_least, database_url, name, 500), what=name)
+        a.writer.database_url = "postgresql://postgres@127.0.0.1:1/nowhere"  # refused
+        await terminate(database_url, "flowscope-tap-writer")
+        for _ in range(a.writer.lanes):  # every writer connection gone
+            await terminate(database_url, "flowscope-tap-writer")
+        b_stop = asyncio.Event()
+        b = Tap(config(nats_server.url, database_url), b_stop)
+        b_task = asyncio.create_task(b.run())
+        try:
+            for i in range(len(names)):
+                await fill(js, f"sick.{unique}.{i}", 500, start=500)
+            for name in names:
+                await eventually(
+                    partial(at_least, database_url, name, 1000), timeout=60, what=f"{name} by b"
+                )
+            assert a.lease.owned == set() and b.lease.owned >= set(names)
+            a.writer.database_url = database_url  # healed: a takes its share again
+            await eventually(lambda: _split(a, b, names), timeout=30, what="split again")
+        finally:  # b stops first (a's exit checks that no tap left a connection open)
+            b_stop.set()
+            await asyncio.wait_for(b_task, 30)
+    await nc.close()
+    for name in names:
+        await assert_exact(database_url, name, 1000)
+
+
+async def _split(a: Tap, b: Tap, names: list[str]) -> bool:
+    return bool(a.lease.owned & set(names)) and bool(b.lease.owned & set(names))
