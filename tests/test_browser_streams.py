@@ -81,8 +81,8 @@ def test_stream_pages_say_how_each_stream_is_observed_and_show_gaps(
             for r in page.locator("#streams tbody tr").all()
         }
         lim, wq = rows[f"LIM_{unique}"], rows[f"WQ_{unique}"]
-        assert lim[:2] == [f"LIM_{unique} limits", "ephemeral ack-none consumer"]
-        assert wq[:2] == [f"WQ_{unique} workqueue", "subject subscription"]
+        assert lim[0] == f"LIM_{unique}\nlimits · ephemeral ack-none consumer"
+        assert wq[0] == f"WQ_{unique}\nworkqueue · subject subscription"
         assert "sampled every" in page.locator("#streams-legend").inner_text()
 
         _wait_for_text(page, f"{web}/streams/LIM_{unique}/", "#gaps", "20")
