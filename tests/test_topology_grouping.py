@@ -6,8 +6,15 @@ from dashboard.topology_grouping import group_subjects, patterns_overlap, subjec
 
 
 def test_it_groups_subjects_by_their_first_two_tokens():
-    groups = group_subjects(["orders.created", "orders.created.eu", "orders.created.us",
-                             "orders.paid", "payments.authorized.card"])  # fmt: skip
+    groups = group_subjects(
+        [
+            "orders.created",
+            "orders.created.eu",
+            "orders.created.us",
+            "orders.paid",
+            "payments.authorized.card",
+        ]
+    )
     assert groups == {
         "orders.created": "orders.created",
         "orders.created.eu": "orders.created.>",
@@ -19,7 +26,9 @@ def test_it_groups_subjects_by_their_first_two_tokens():
 
 def test_ten_thousand_subjects_become_a_bounded_readable_set():
     subjects = [f"user.{i}.updated" for i in range(9_000)]
-    subjects += [f"orders.{kind}.{i}" for kind in ("created", "paid", "shipped") for i in range(300)]
+    subjects += [
+        f"orders.{kind}.{i}" for kind in ("created", "paid", "shipped") for i in range(300)
+    ]
     subjects += [f"sensor.{i % 7}.reading.{i}" for i in range(100)]
     groups = group_subjects(subjects)
     assert len(groups) == 10_000
