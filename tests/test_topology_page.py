@@ -65,8 +65,10 @@ async def _flow(url: str, database_url: str, u: str) -> None:
     stream = f"F{u}_ORDERS"
     await js.add_stream(StreamConfig(name=stream, subjects=[f"flow{u}.>"], max_msgs=20))
     for name, filt in (("billing", f"flow{u}.orders.created"), ("inventory", None)):
-        await js.add_consumer(stream, ConsumerConfig(durable_name=name, ack_policy=AckPolicy.EXPLICIT,
-                                                     filter_subject=filt))  # fmt: skip
+        await js.add_consumer(
+            stream,
+            ConsumerConfig(durable_name=name, ack_policy=AckPolicy.EXPLICIT, filter_subject=filt),
+        )
     svc = await add_service(nc, name=f"pricing-{u}", version="1.0.0")
 
     async def handle(req) -> None:
@@ -75,19 +77,24 @@ async def _flow(url: str, database_url: str, u: str) -> None:
     await svc.add_endpoint(name="get", subject=f"price{u}.get", handler=handle)
     try:
         async with tap_running(url, database_url):
-            for i in range(10):
-                await js.publish(f"flow{u}.orders.created", b"{}",
-                                 headers={"Flowscope-Service": "checkout"})  # fmt: skip
-            for i in range(5):
-                await js.publish(f"flow{u}.<b>bold</b>&amp;", b"{}",
-                                 headers={"Flowscope-Service": EVIL_SERVICE})  # fmt: skip
-            for i in range(2):
+            for _i in range(10):
+                await js.publish(
+                    f"flow{u}.orders.created", b"{}", headers={"Flowscope-Service": "checkout"}
+                )
+            for _i in range(5):
+                await js.publish(
+                    f"flow{u}.<b>bold</b>&amp;", b"{}", headers={"Flowscope-Service": EVIL_SERVICE}
+                )
+            for _i in range(2):
                 await js.publish(f"flow{u}.audit.x", b"{}")
 
             async def recorded():
                 events = await query(
-                    database_url, "SELECT count(*) FROM flowscope_event e JOIN flowscope_stream s "
-                    "ON s.id = e.stream_id WHERE s.name = %s", stream)  # fmt: skip
+                    database_url,
+                    "SELECT count(*) FROM flowscope_event e JOIN flowscope_stream s "
+                    "ON s.id = e.stream_id WHERE s.name = %s",
+                    stream,
+                )
                 lag = await query(
                     database_url,
                     "SELECT num_pending FROM flowscope_consumer WHERE name = 'billing'",
@@ -98,8 +105,12 @@ async def _flow(url: str, database_url: str, u: str) -> None:
                 services = await query(
                     database_url, "SELECT name FROM flowscope_endpoint WHERE kind = 'service'"
                 )
-                return (events == [(17,)] and lag == [(10,)] and state == [(17,)]
-                        and services == [(f"pricing-{u}",)])  # fmt: skip
+                return (
+                    events == [(17,)]
+                    and lag == [(10,)]
+                    and state == [(17,)]
+                    and services == [(f"pricing-{u}",)]
+                )
 
             await eventually(recorded, timeout=30, what="the flow recorded")
         # The lag a minute ago was 2: it is growing.
@@ -119,7 +130,7 @@ async def _flow(url: str, database_url: str, u: str) -> None:
 @pytest.fixture
 def flow(nats_server, database_url, unique) -> str:
     asyncio.run(_flow(nats_server.url, database_url, unique))
-    return unique
+    return str(unique)
 
 
 def test_the_page_lists_the_flow_with_rates_and_health(client, alice, flow):
@@ -143,8 +154,8 @@ def test_the_page_lists_the_flow_with_rates_and_health(client, alice, flow):
     # the stream at 17 of max_msgs 20: near its limits
     assert nodes.health[stream] == "warn"
     assert "messages at 85% of max_msgs" in nodes.text(stream)
-    assert f"→ billing 0.033/s" in nodes.text(stream)
-    assert f"→ inventory 0.057/s" in nodes.text(stream)  # no filter: all 17
+    assert "→ billing 0.033/s" in nodes.text(stream)
+    assert "→ inventory 0.057/s" in nodes.text(stream)  # no filter: all 17
     # billing's lag went from 2 to 10 in a minute: growing; inventory's did not
     billing = f"consumer:F{u}_ORDERS/billing"
     assert nodes.health[billing] == "warn"
