@@ -204,3 +204,41 @@ class TapInstance(models.Model):
 
     class Meta:
         db_table = "flowscope_tap"
+
+
+class EndpointKind(models.TextChoices):
+    SERVICE = "service", "NATS micro service"
+    CONNECTION = "connection", "client connection"
+
+
+class Endpoint(models.Model):
+    """Who NATS itself says is there, found by the tap's topology discovery
+    (eventbus/topology.py): micro services (`$SRV.INFO`/`STATS`: their endpoints' subjects) and
+    named client connections (`$SYS.REQ.ACCOUNT.PING.CONNZ`: their subscriptions). One row per
+    (kind, name), all instances merged; rows not seen for a while are stale, not deleted at once."""
+
+    kind = models.CharField(max_length=16, choices=EndpointKind.choices)
+    name = models.CharField(max_length=255)
+    subjects = models.JSONField(default=list)
+    detail = models.JSONField(default=dict)
+    last_seen = models.DateTimeField()
+
+    class Meta:
+        db_table = "flowscope_endpoint"
+        constraints = [models.UniqueConstraint(fields=["kind", "name"], name="endpoint_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+class DiscoveryProbe(models.Model):
+    """How the last discovery round went per source (`srv`, `connz`): the topology page says
+    when a source is refused or unanswered instead of showing an empty graph as the truth."""
+
+    source = models.CharField(max_length=16, primary_key=True)
+    ok = models.BooleanField(default=False)
+    note = models.TextField(blank=True, default="")
+    checked_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "flowscope_discovery_probe"

@@ -23,7 +23,7 @@ import psycopg
 from nats.aio.client import Client
 from nats.errors import SlowConsumerError
 
-from eventbus import digest, lag, scan
+from eventbus import digest, lag, scan, topology
 from eventbus.aio import wait_event
 from eventbus.heartbeat import Heartbeat
 from eventbus.lease import Lease
@@ -186,6 +186,7 @@ class Tap:
         sup.spawn("heartbeat", self.heartbeat.run)
         sup.spawn("retention", self._retention_loop)
         sup.spawn("lag sampler", self._lag_loop)
+        sup.spawn("topology", self._topology_loop)
         await self.stop.wait()
         log.info("tap %s stopping: flushing what it holds", self.id)
         # The loops first, so none of them starts an observer after this point.
@@ -434,6 +435,11 @@ class Tap:
             on_sample=on_sample,
             streams=lambda: list(self.observers),
         )
+
+    async def _topology_loop(self) -> None:
+        """Micro services and client connections, as NATS reports them (eventbus/topology.py)."""
+        assert self.nc is not None
+        await topology.run(self.nc, self.config.database_url, self.stop)
 
 
 async def run(config: TapConfig, stop: asyncio.Event | None = None) -> None:

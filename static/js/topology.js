@@ -1,0 +1,243 @@
+/* The topology graph: Cytoscape.js with the dagre layout, fed by #topology-data (JSON that is
+   never executed). The first non-empty graph is laid out by dagre, left to right; after that,
+   when the server replaces #topology-data (an htmx out-of-band swap), the diff is applied: new
+   nodes are placed next to their neighbours, vanished ones removed, labels and health updated,
+   and no existing node moves. The list beside it (#topology-list) is filtered by
+   #topology-filter. Exposed as window.flowscopeTopology for tests. */
+(function () {
+  "use strict";
+
+  var KIND_RANK = { publisher: 0, subject: 1, stream: 2, consumer: 3, service: 4 };
+  var HEALTH = {
+    ok: { fill: "#f8fafc", line: "#94a3b8" },
+    warn: { fill: "#fef3c7", line: "#d97706" },
+    bad: { fill: "#fee2e2", line: "#dc2626" },
+  };
+  var KIND_SHAPE = {
+    publisher: "ellipse",
+    subject: "round-rectangle",
+    stream: "barrel",
+    consumer: "round-rectangle",
+    service: "round-hexagon",
+  };
+
+  function nodeWidth(node) {
+    var label = node.data("label") || "";
+    return Math.min(260, Math.max(70, label.length * 7 + 24));
+  }
+
+  function style() {
+    return [
+      {
+        selector: "node",
+        style: {
+          label: "data(label)",
+          shape: function (n) { return KIND_SHAPE[n.data("kind")] || "round-rectangle"; },
+          width: nodeWidth,
+          height: 30,
+          "background-color": function (n) { return (HEALTH[n.data("health")] || HEALTH.ok).fill; },
+          "border-color": function (n) { return (HEALTH[n.data("health")] || HEALTH.ok).line; },
+          "border-width": function (n) { return n.data("health") === "ok" ? 1.5 : 3; },
+          "font-size": 11,
+          "font-family": "ui-monospace, SFMono-Regular, Menlo, monospace",
+          color: "#1f2937",
+          "text-valign": "center",
+          "text-halign": "center",
+          "text-max-width": 240,
+          "text-overflow-wrap": "anywhere",
+          "text-wrap": "ellipsis",
+        },
+      },
+      { selector: "node[kind = 'stream']", style: { "font-weight": "bold", "background-color": function (n) { return n.data("health") === "ok" ? "#dbeafe" : HEALTH[n.data("health")].fill; } } },
+      { selector: "node[kind = 'publisher'], node[kind = 'service']", style: { "font-family": "system-ui, sans-serif" } },
+      { selector: "node[url != '']", style: { cursor: "pointer" } },
+      {
+        selector: "edge",
+        style: {
+          width: 1.5,
+          "line-color": "#94a3b8",
+          "target-arrow-color": "#94a3b8",
+          "target-arrow-shape": "triangle",
+          "curve-style": "bezier",
+          label: "data(label)",
+          "font-size": 10,
+          color: "#334155",
+          "text-background-color": "#ffffff",
+          "text-background-opacity": 0.85,
+          "text-background-padding": 2,
+        },
+      },
+      { selector: "node:selected", style: { "overlay-opacity": 0.08 } },
+    ];
+  }
+
+  function Topology(container, source) {
+    this.container = container;
+    this.source = source;
+    this.lastText = null;
+    this.laidOut = false;
+    this.rankSep = Number(container.dataset.rankSep || 110);
+    this.nodeSep = Number(container.dataset.nodeSep || 18);
+    this.cy = window.cytoscape({
+      container: container,
+      elements: [],
+      style: style(),
+      layout: { name: "preset" },
+      minZoom: 0.2,
+      maxZoom: 2.5,
+      wheelSensitivity: 0.3,
+      boxSelectionEnabled: false,
+      autoungrabify: false,
+    });
+    var self = this;
+    this.cy.on("tap", "node", function (evt) {
+      var url = evt.target.data("url");
+      if (url) window.location.assign(url);
+    });
+  }
+
+  Topology.prototype.read = function () {
+    var el = document.getElementById("topology-data");
+    return el ? el.textContent : null;
+  };
+
+  /* Apply the current #topology-data: returns true if anything was read. */
+  Topology.prototype.apply = function () {
+    var text = this.read();
+    if (!text || text === this.lastText) return false;
+    this.lastText = text;
+    var data = JSON.parse(text);
+    var cy = this.cy;
+    var wanted = {};
+    var added = [];
+    cy.batch(function () {
+      data.nodes.concat(data.edges).forEach(function (el) { wanted[el.data.id] = true; });
+      cy.elements().forEach(function (el) { if (!wanted[el.id()]) cy.remove(el); });
+      data.nodes.forEach(function (el) {
+        var existing = cy.getElementById(el.data.id);
+        if (existing.nonempty()) existing.data(el.data);
+        else added.push(cy.add({ group: "nodes", data: el.data, position: { x: 0, y: 0 } }));
+      });
+      data.edges.forEach(function (el) {
+        var existing = cy.getElementById(el.data.id);
+        if (existing.nonempty()) existing.data("label", el.data.label);
+        else cy.add({ group: "edges", data: el.data });
+      });
+    });
+    if (!this.laidOut) {
+      if (cy.nodes().length) this.layoutAll();
+    } else {
+      this.place(added);
+    }
+    return true;
+  };
+
+  Topology.prototype.layoutAll = function () {
+    this.laidOut = true;
+    this.cy.layout({
+      name: "dagre",
+      rankDir: this.container.dataset.rankDir || "LR",
+      rankSep: this.rankSep,
+      nodeSep: this.nodeSep,
+      edgeSep: 8,
+      fit: true,
+      padding: 24,
+      animate: false,
+    }).run();
+  };
+
+  /* New nodes go beside their already placed neighbours (one rank to the right of their
+     sources, or to the left of their targets), then down until they overlap nothing. No
+     other node moves. */
+  Topology.prototype.place = function (added) {
+    var self = this;
+    var placed = {};
+    this.cy.nodes().forEach(function (n) { placed[n.id()] = true; });
+    added.forEach(function (n) { placed[n.id()] = false; });
+    added.sort(function (a, b) { return KIND_RANK[a.data("kind")] - KIND_RANK[b.data("kind")]; });
+    added.forEach(function (n) {
+      var pos = self.guess(n, placed);
+      n.position(self.free(n, pos, placed));
+      placed[n.id()] = true;
+    });
+  };
+
+  Topology.prototype.guess = function (n, placed) {
+    var self = this;
+    var ins = n.incomers("node").filter(function (m) { return placed[m.id()]; });
+    var outs = n.outgoers("node").filter(function (m) { return placed[m.id()]; });
+    function mean(nodes, axis) {
+      var sum = 0;
+      nodes.forEach(function (m) { sum += m.position(axis); });
+      return sum / nodes.length;
+    }
+    if (ins.length) {
+      var right = Math.max.apply(null, ins.map(function (m) { return m.position("x") + m.width() / 2; }));
+      return { x: right + self.rankSep + nodeWidth(n) / 2, y: mean(ins, "y") };
+    }
+    if (outs.length) {
+      var left = Math.min.apply(null, outs.map(function (m) { return m.position("x") - m.width() / 2; }));
+      return { x: left - self.rankSep - nodeWidth(n) / 2, y: mean(outs, "y") };
+    }
+    var same = this.cy.nodes().filter(function (m) { return placed[m.id()] && m.data("kind") === n.data("kind"); });
+    var bb = this.cy.nodes().filter(function (m) { return placed[m.id()]; }).boundingBox();
+    if (same.length) return { x: mean(same, "x"), y: bb.y2 + 40 };
+    return { x: isFinite(bb.x1) ? bb.x1 + KIND_RANK[n.data("kind")] * 200 : 0, y: isFinite(bb.y2) ? bb.y2 + 40 : 0 };
+  };
+
+  Topology.prototype.free = function (n, pos, placed) {
+    var w = nodeWidth(n), h = 30, gap = this.nodeSep;
+    var others = this.cy.nodes().filter(function (m) { return m !== n && placed[m.id()]; });
+    for (var i = 0; i < 500; i++) {
+      var clash = false;
+      others.forEach(function (m) {
+        var p = m.position();
+        if (Math.abs(p.x - pos.x) < (m.width() + w) / 2 + gap && Math.abs(p.y - pos.y) < (m.height() + h) / 2 + gap) clash = true;
+      });
+      if (!clash) return pos;
+      pos = { x: pos.x, y: pos.y + h + gap };
+    }
+    return pos;
+  };
+
+  Topology.prototype.positions = function () {
+    var out = {};
+    this.cy.nodes().forEach(function (n) { out[n.id()] = { x: n.position("x"), y: n.position("y") }; });
+    return out;
+  };
+
+  function filterList() {
+    var input = document.getElementById("topology-filter");
+    var list = document.getElementById("topology-list");
+    if (!input || !list) return;
+    var q = input.value.trim().toLowerCase();
+    list.querySelectorAll("li.topo-node").forEach(function (li) {
+      li.hidden = q !== "" && li.textContent.toLowerCase().indexOf(q) === -1;
+    });
+    list.querySelectorAll("section").forEach(function (section) {
+      section.hidden = q !== "" && !section.querySelector("li.topo-node:not([hidden])");
+    });
+  }
+
+  function start() {
+    var input = document.getElementById("topology-filter");
+    if (input) input.addEventListener("input", filterList);
+    var container = document.getElementById("topology-graph");
+    if (!container || !window.cytoscape) return;
+    var topology = new Topology(container);
+    window.flowscopeTopology = topology;
+    topology.apply();
+    function refresh() {
+      topology.apply();
+      filterList();
+    }
+    // htmx 2 fires htmx:oobAfterSwap on the swapped-in element (it bubbles to the document)
+    // and htmx:load on new content; either may come first, apply() ignores a repeat.
+    document.addEventListener("htmx:oobAfterSwap", refresh);
+    document.addEventListener("htmx:load", refresh);
+    window.addEventListener("resize", function () { topology.cy.resize(); });
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
