@@ -154,3 +154,29 @@ def test_a_websocket_needs_a_login_and_an_allowed_origin(web, page, alice):
     cookie = f"sessionid={session['value']}"
     assert " 101 " in _handshake(web, cookie, web)  # logged in, same origin
     assert " 403 " in _handshake(web, cookie, "http://evil.example")  # another origin
+
+
+def test_a_stream_created_now_appears_in_the_topology_without_a_reload(
+    web, page, alice, nats_server, database_url, unique, tmp_path
+):
+    first, second = f"TOPO_{unique}", f"TOPONEW_{unique}"
+    in_thread(_publish(nats_server.url, first, f"topo.{unique}", 3, create=True))
+    tap = tap_process(nats_server.url, database_url, tmp_path / "tap.log")
+    try:
+        _log_in(page, web, alice)
+        page.goto(web + "/topology/")
+        page.evaluate("window.__sameDocument = true")
+        has = "(id) => !!window.flowscopeTopology && window.flowscopeTopology.cy.getElementById(id).nonempty()"  # noqa: E501
+        _wait(lambda: page.evaluate(has, f"stream:{first}"), 30, "the first stream drawn")
+        before = page.evaluate("window.flowscopeTopology.positions()")
+        in_thread(_publish(nats_server.url, second, f"toponew.{unique}", 2, create=True))
+        _wait(lambda: page.evaluate(has, f"stream:{second}"), 30, "the new stream pushed")
+        after = page.evaluate("window.flowscopeTopology.positions()")
+        for node, pos in before.items():
+            if node in after:
+                assert after[node] == pytest.approx(pos, abs=0.01), node
+        assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+        assert page.locator("#topology-list").filter(has_text=second).count() == 1
+    finally:
+        tap.terminate()
+        tap.wait(30)

@@ -17,6 +17,7 @@ MAX_NAME = 255
 # when what it shows no longer exists); imported on first use so each page owns its renderer.
 RENDERERS: dict[str, str] = {
     "overview": "dashboard.pages.overview:overview_live_html",
+    "topology": "dashboard.pages.topology:topology_live_html",
 }
 
 
