@@ -63,7 +63,8 @@ def _bucketed(sql_select: str, stream_id: int, names: Sequence[str], range_key: 
         return []
     with connection.cursor() as cur:
         cur.execute(
-            "SELECT consumer, extract(epoch FROM date_bin(%s::interval, ts, %s::timestamptz))::float8, "
+            "SELECT consumer, "
+            "extract(epoch FROM date_bin(%s::interval, ts, %s::timestamptz))::float8, "
             f"extract(epoch FROM max(ts))::float8, {sql_select} "
             "FROM flowscope_consumer_sample "
             "WHERE stream_id = %s AND consumer = ANY(%s) AND ts > %s AND ts <= %s "

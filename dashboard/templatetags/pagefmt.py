@@ -22,11 +22,14 @@ def num(value: int | float | None) -> str:
 
 @register.filter(name="rate")
 def rate(value: float | None) -> str:
-    """Events or messages per second: a dash when unknown, one decimal under 10, whole above."""
+    """Events or messages per second: a dash when unknown; two decimals under 1, one under 10,
+    whole numbers above (7 events in 5 minutes is 0.02/s, not 0.0)."""
     if value is None:
         return UNKNOWN
     if value == 0:
         return "0"
+    if value < 1:
+        return f"{value:.2f}"
     return f"{value:,.1f}" if value < 10 else f"{value:,.0f}"
 
 
