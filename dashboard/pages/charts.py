@@ -41,14 +41,22 @@ def bucket_seconds(range_key: str) -> int:
 
 @dataclass
 class Chart:
-    """What `data-chart="lag"` draws: {"t": [unix s], "series": {name: [value|null]}, "unit"}."""
+    """What `data-chart="lag"` draws: {"t": [unix s], "series": {name: [value|null]}, "unit",
+    "from", "to"}; from and to (unix s) are the range shown, whatever the samples cover."""
 
     t: list[float]
     series: dict[str, list[float | None]]
     unit: str
+    start: float | None = None
+    end: float | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"t": self.t, "series": self.series, "unit": self.unit}
+        span = {"from": self.start, "to": self.end} if self.start and self.end else {}
+        return {"t": self.t, "series": self.series, "unit": self.unit, **span}
+
+    def spanning(self, range_key: str, now: datetime) -> Chart:
+        self.start, self.end = (now - RANGES[range_key]).timestamp(), now.timestamp()
+        return self
 
     @property
     def drawable(self) -> bool:
@@ -84,7 +92,7 @@ def lag_chart(stream_id: int, names: Sequence[str], range_key: str, now: datetim
     series: dict[str, list[float | None]] = {n: [None] * len(times) for n in names}
     for name, t, _last, lag in rows:
         series[name][index[t]] = lag
-    return Chart(t=times, series=series, unit="messages")
+    return Chart(t=times, series=series, unit="messages").spanning(range_key, now)
 
 
 COUNTER_SERIES = (
@@ -106,9 +114,9 @@ def consumer_charts(stream_id: int, name: str, range_key: str, now: datetime
         t=times,
         series={label: [r[3 + i] for r in rows] for i, (label, _) in enumerate(COUNTER_SERIES)},
         unit="messages",
-    )
+    ).spanning(range_key, now)
     rates = Chart(t=times, series={"acks": ack_rates(times, [r[-1] for r in rows])}, unit="msg/s")
-    return counters, rates
+    return counters, rates.spanning(range_key, now)
 
 
 def ack_rate(t0: float, floor0: int, t1: float, floor1: int) -> float | None:

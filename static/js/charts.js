@@ -3,7 +3,8 @@
  *   data-chart="spark"  a sparkline: data-x = JSON [unix s], data-y = JSON [number|null],
  *                       data-unit = label shown on hover (title)
  *   data-chart="lag"    a full time chart: data-series = JSON
- *                       {"t": [unix s], "series": {"name": [number|null]}, "unit": "messages"}
+ *                       {"t": [unix s], "series": {"name": [number|null]}, "unit": "messages",
+ *                        "from": unix s, "to": unix s}  (from/to optional: the x range shown)
  *                       with axes, a legend, and the x axis in the browser's local time
  *
  * Charts are drawn on load and whenever htmx adds content (htmx:load fires for every element
@@ -61,9 +62,13 @@
       width: widthOf(el),
       height: LAG_HEIGHT,
       series: series,
-      scales: { x: { time: true }, y: { range: function (u, min, max) {
-        return [0, max > 0 ? max * 1.1 : 1];
-      } } },
+      scales: {
+        // the range chosen, not just what the samples cover
+        x: spec.from && spec.to
+          ? { time: true, range: function () { return [spec.from, spec.to]; } }
+          : { time: true },
+        y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } },
+      },
       axes: [
         { stroke: "#475569", grid: { stroke: "#eef2f7", width: 1 }, ticks: { stroke: "#e5e7eb" } },
         {
