@@ -15,8 +15,8 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from tests.conftest import ARTIFACTS
-from tests.test_browser_streams import _log_in, _wait_for_text, in_thread
 from tests.taputil import tap_process
+from tests.test_browser_streams import _log_in, _wait_for_text, in_thread
 
 pytestmark = pytest.mark.browser
 HTMX = Path(__file__).resolve().parent.parent / "static/vendor/htmx-2.0.11/htmx.min.js"
@@ -28,8 +28,10 @@ async def _setup(url: str, u: str) -> None:
     await js.add_stream(StreamConfig(name=f"ORDERS_{u}", subjects=[f"orders.{u}.>"],
                                      max_age=7 * 86400.0, max_msgs=100_000))  # fmt: skip
     for name in ("billing", "shipping-with-a-long-name"):
-        await js.add_consumer(f"ORDERS_{u}", ConsumerConfig(
-            durable_name=name, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=5))  # fmt: skip
+        config = ConsumerConfig(
+            durable_name=name, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=5
+        )
+        await js.add_consumer(f"ORDERS_{u}", config)
     await nc.close()
 
 

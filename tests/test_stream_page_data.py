@@ -157,6 +157,9 @@ def test_subject_rates_count_the_last_minute_and_five_minutes_per_subject(db):
     for _ in range(6):
         publish("orders.a", timedelta(seconds=30))
     publish("nosq", timedelta(seconds=10), sequenced=False)
+    # below the sampled floor: not read at all (a recent time stamp on it changes nothing)
+    Event.objects.create(stream=stream, seq=3, ts=NOW - timedelta(seconds=5), subject="below",
+                         size=1, payload=b"", recorded_at=NOW)  # fmt: skip
     publish("nosq", timedelta(minutes=10), sequenced=False)
     got = [(r.subject, r.last_minute, r.last_5_minutes) for r in subject_rates(stream, NOW)]
     assert got == [("orders.a", 6, 9), ("orders.b", 0, 3), ("nosq", 1, 1)]
