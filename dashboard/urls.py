@@ -3,11 +3,16 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from dashboard import health, views
-from dashboard.pages import topology
+from dashboard.pages import streams, topology
 
 urlpatterns = [
     path("", views.overview, name="overview"),
-    path("streams/<str:name>/", views.stream_detail, name="stream"),
+    path("streams/<str:name>/", streams.stream_detail, name="stream"),
+    path(
+        "streams/<str:name>/consumers/<str:consumer>/",
+        streams.consumer_detail,
+        name="consumer",
+    ),
     path("topology/", topology.topology, name="topology"),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", views.Logout.as_view(), name="logout"),

@@ -91,8 +91,8 @@ def test_stream_pages_say_how_each_stream_is_observed_and_show_gaps(
         events = page.locator("#events tbody tr")
         assert events.count() == 10
         # the server's figures, with when it reported them (the lag sampler, every second here)
-        _wait_for_text(page, f"{web}/streams/LIM_{unique}/", "#facts", "s ago")
-        assert "10 (" in page.locator("#facts").inner_text()
+        _wait_for_text(page, f"{web}/streams/LIM_{unique}/", "#stream-state", "s ago")
+        assert "10 msgs" in page.locator("#facts").inner_text()
 
         page.goto(f"{web}/streams/WQ_{unique}/")
         note = page.locator("#observation").inner_text()
@@ -170,11 +170,11 @@ def test_names_subjects_and_services_from_the_wire_are_shown_as_text_never_marku
         _wait_for_text(page, page.url, "#facts", "3 events")  # all recorded
         shows("stream page: heading", page.locator("h1 .mono"), wire["stream"])
         subjects = f"{wire['filter']}, {wire['filter2']}"
-        shows("stream page: subjects", page.locator("#facts dd.mono"), subjects)
+        shows("stream page: subjects", page.locator("#config dd.mono"), subjects)
         cells = page.locator("#events tbody tr").first.locator("td")
         shows("stream page: subject", cells.nth(2), wire["subject"])
         shows("stream page: service", cells.nth(3), wire["service"])
-        shows("stream page: consumer", page.locator("#consumers tbody td").first, wire["consumer"])
+        shows("stream page: consumer", page.locator("#consumers tbody td a"), wire["consumer"])
         if page.title() != f"{wire['stream']} · Flowscope":
             wrong.append(f"stream page: title {page.title()!r}")
         assert not wrong, "\n".join(wrong)

@@ -166,7 +166,7 @@ def test_a_streams_newest_events_come_by_sequence_and_by_time_without_one(db):
     from django.db import connection
 
     from dashboard.models import Event, Stream
-    from dashboard.views import newest_events
+    from dashboard.pages.streams import newest_events
     from eventbus.partitions import partition_name
 
     t0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -201,7 +201,7 @@ def test_a_streams_newest_events_are_read_in_index_order_without_a_sort(db):
     from django.db import connection
 
     from dashboard.models import Stream
-    from dashboard.views import newest_queries
+    from dashboard.pages.streams import newest_queries
     from eventbus.partitions import partition_name
 
     t0 = datetime(2026, 11, 29, tzinfo=UTC)

@@ -18,6 +18,8 @@ MAX_NAME = 255
 RENDERERS: dict[str, str] = {
     "overview": "dashboard.pages.overview:overview_live_html",
     "topology": "dashboard.pages.topology:topology_live_html",
+    "stream": "dashboard.pages.streams:stream_live_html",
+    "consumer": "dashboard.pages.streams:consumer_live_html",
 }
 
 

@@ -1,0 +1,1 @@
+"""Full pages and their live partials, one module per page family."""

@@ -1,0 +1,184 @@
+/* Flowscope charts: draws every element with a data-chart attribute with uPlot (vendored).
+ *
+ *   data-chart="spark"  a sparkline: data-x = JSON [unix s], data-y = JSON [number|null],
+ *                       data-unit = label shown on hover (title)
+ *   data-chart="lag"    a full time chart: data-series = JSON
+ *                       {"t": [unix s], "series": {"name": [number|null]}, "unit": "messages",
+ *                        "from": unix s, "to": unix s}  (from/to optional: the x range shown)
+ *                       with axes, a legend, and the x axis in the browser's local time
+ *
+ * Charts are drawn on load and whenever htmx adds content (htmx:load fires for every element
+ * an htmx swap inserts, out-of-band swaps from the websocket included). A chart's uPlot and its
+ * ResizeObserver are destroyed when htmx removes its element, and any chart whose element left
+ * the document is swept on the next load, so hours of pushes leak nothing. Width follows the
+ * container. No inline script anywhere: configuration is in the data-* attributes.
+ */
+(function () {
+  "use strict";
+
+  var PALETTE = ["#1d4ed8", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2",
+                 "#db2777", "#65a30d", "#475569", "#ea580c", "#4f46e5", "#0d9488"];
+  var LAG_HEIGHT = 240;
+  var SPARK_HEIGHT = 36;
+  var charts = new Map(); // element -> {plot: uPlot, observer: ResizeObserver}
+
+  function parse(el, name) {
+    try {
+      return JSON.parse(el.getAttribute(name) || "null");
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function formatNumber(v) {
+    if (v == null || isNaN(v)) return "–";
+    var abs = Math.abs(v);
+    if (abs >= 1e9) return (v / 1e9).toFixed(1).replace(/\.0$/, "") + " G";
+    if (abs >= 1e6) return (v / 1e6).toFixed(1).replace(/\.0$/, "") + " M";
+    if (abs >= 1e4) return (v / 1e3).toFixed(1).replace(/\.0$/, "") + " k";
+    if (abs >= 10 || v === Math.round(v)) return Math.round(v).toLocaleString();
+    return v.toFixed(1);
+  }
+
+  function widthOf(el) {
+    return Math.max(120, Math.floor(el.clientWidth || el.getBoundingClientRect().width || 300));
+  }
+
+  function lagOptions(el, spec) {
+    var names = Object.keys(spec.series || {});
+    var unit = spec.unit || "";
+    var series = [{ label: "Time" }];
+    names.forEach(function (name, i) {
+      series.push({
+        label: name,
+        stroke: PALETTE[i % PALETTE.length],
+        width: 1.5,
+        spanGaps: false,
+        points: { show: false },
+        value: function (u, v) { return v == null ? "–" : formatNumber(v) + " " + unit; },
+      });
+    });
+    return {
+      width: widthOf(el),
+      height: LAG_HEIGHT,
+      series: series,
+      scales: {
+        // the range chosen, not just what the samples cover
+        x: spec.from && spec.to
+          ? { time: true, range: function () { return [spec.from, spec.to]; } }
+          : { time: true },
+        y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } },
+      },
+      axes: [
+        { stroke: "#475569", grid: { stroke: "#eef2f7", width: 1 }, ticks: { stroke: "#e5e7eb" } },
+        {
+          stroke: "#475569", size: 60, label: unit, labelSize: 18, labelFont: "12px system-ui",
+          grid: { stroke: "#eef2f7", width: 1 }, ticks: { stroke: "#e5e7eb" },
+          values: function (u, vals) { return vals.map(formatNumber); },
+        },
+      ],
+      legend: { show: true, live: true },
+      cursor: { drag: { x: false, y: false } },
+    };
+  }
+
+  function lagData(spec) {
+    var data = [spec.t || []];
+    Object.keys(spec.series || {}).forEach(function (name) { data.push(spec.series[name]); });
+    return data;
+  }
+
+  function sparkOptions(el, unit) {
+    return {
+      width: widthOf(el),
+      height: SPARK_HEIGHT,
+      pxAlign: false,
+      series: [{}, { stroke: "#1d4ed8", fill: "rgba(29, 78, 216, 0.12)", width: 1.25,
+                     points: { show: false } }],
+      scales: { x: { time: true }, y: { range: function (u, min, max) {
+        return [0, max > 0 ? max : 1];
+      } } },
+      axes: [{ show: false }, { show: false }],
+      legend: { show: false },
+      cursor: { show: false },
+      select: { show: false },
+    };
+  }
+
+  function draw(el) {
+    if (charts.has(el) || typeof uPlot === "undefined") return;
+    var kind = el.getAttribute("data-chart");
+    var opts, data;
+    if (kind === "lag") {
+      var spec = parse(el, "data-series");
+      if (!spec || !spec.t || spec.t.length < 2) return;
+      opts = lagOptions(el, spec);
+      data = lagData(spec);
+    } else if (kind === "spark") {
+      var xs = parse(el, "data-x"), ys = parse(el, "data-y");
+      if (!xs || !ys || xs.length < 2 || xs.length !== ys.length) return;
+      var unit = el.getAttribute("data-unit") || "";
+      opts = sparkOptions(el, unit);
+      data = [xs, ys];
+      var last = ys[ys.length - 1];
+      if (!el.title) el.title = "now " + formatNumber(last) + (unit ? " " + unit : "");
+    } else {
+      return;
+    }
+    var plot = new uPlot(opts, data, el);
+    var observer = new ResizeObserver(function () {
+      var w = widthOf(el);
+      if (w !== plot.width) plot.setSize({ width: w, height: plot.height });
+    });
+    observer.observe(el);
+    charts.set(el, { plot: plot, observer: observer });
+  }
+
+  function destroy(el) {
+    var chart = charts.get(el);
+    if (!chart) return;
+    chart.observer.disconnect();
+    chart.plot.destroy();
+    charts.delete(el);
+  }
+
+  function sweep() {
+    charts.forEach(function (chart, el) { if (!el.isConnected) destroy(el); });
+  }
+
+  function drawWithin(root) {
+    sweep();
+    if (!root || !root.querySelectorAll) return;
+    if (root.matches && root.matches("[data-chart]")) draw(root);
+    root.querySelectorAll("[data-chart]").forEach(draw);
+  }
+
+  // htmx removes an element: its chart goes with it (descendants get the event too).
+  document.addEventListener("htmx:beforeCleanupElement", function (evt) {
+    if (charts.has(evt.target)) destroy(evt.target);
+  });
+  document.addEventListener("htmx:load", function (evt) {
+    drawWithin((evt.detail && evt.detail.elt) || evt.target);
+  });
+  // A pushed chart region for another range than the one the user chose is not swapped in:
+  // the live push renders the default range, the user's choice stands.
+  document.addEventListener("htmx:oobBeforeSwap", function (evt) {
+    var target = evt.detail && evt.detail.target;
+    var fragment = evt.detail && evt.detail.fragment;
+    if (!target || !fragment || !target.hasAttribute("data-range")) return;
+    var incoming = fragment.firstElementChild;
+    if (incoming && incoming.getAttribute("data-range") !== target.getAttribute("data-range")) {
+      evt.detail.shouldSwap = false;
+    }
+  });
+
+  function start() { drawWithin(document.body); }
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
+
+  // For tests and the console: how many charts are alive.
+  window.flowscopeCharts = { count: function () { return charts.size; }, redraw: start };
+})();
