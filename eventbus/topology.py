@@ -40,7 +40,9 @@ MAX_NAME = 255
 MAX_SUBJECT = 512
 MAX_SUBJECTS = 200  # per endpoint row
 CONNZ_LIMIT = 1024  # connections per server and answer
-TAP_CONNECTION = "flowscope-tap-"  # the tap's own connections are not the applications'
+# Flowscope's own connections (the tap's, the web processes' digest subscriptions) are not the
+# applications': left out of the topology.
+OWN_CONNECTIONS = ("flowscope-tap-", "flowscope-web")
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def connection_rows(
         truncated = truncated or int(connz.get("total") or 0) > len(conns)
         for conn in conns:
             name = _text(conn.get("name"), MAX_NAME)
-            if not name or name.startswith(TAP_CONNECTION):
+            if not name or name.startswith(OWN_CONNECTIONS):
                 continue
             entry = named.setdefault(
                 name,

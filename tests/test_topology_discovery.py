@@ -65,6 +65,9 @@ async def test_service_rows_from_real_srv_info_and_stats(nats_server):
 
 async def test_connection_rows_from_real_connz(nats_server):
     conns = await _orders_service(nats_server.url)
+    web = await nats.connect(nats_server.url, name="flowscope-web")  # a web process's digests
+    await web.subscribe("flowscope.digest.>")
+    conns.append(web)
     try:
         request = json.dumps({"subscriptions": True, "subscriptions_detail": True}).encode()
         replies = await _ask(nats_server.url, "$SYS.REQ.ACCOUNT.PING.CONNZ", request)
@@ -75,7 +78,7 @@ async def test_connection_rows_from_real_connz(nats_server):
     rows, probe = topology.connection_rows(replies, keep=["_INBOX.push-deliver"])
     assert probe.ok and probe.source == "connz"
     by_name = {r.name: r for r in rows}
-    assert set(by_name) == {"orders-api", "billing"}  # the tap's own connection is left out
+    assert set(by_name) == {"orders-api", "billing"}  # Flowscope's own connections left out
     assert by_name["billing"].subjects == ["_INBOX.push-deliver", "payments.>"]
     assert by_name["billing"].detail["queue_groups"] == ["billing"]
     # $SRV.* and inboxes are plumbing; the endpoints are the application's subscriptions
