@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -121,3 +122,45 @@ def tap_process(nats_url: str, database_url: str, log_path: Path) -> subprocess.
     return subprocess.Popen(
         [sys.executable, "manage.py", "tap"], cwd=ROOT, env=env, stdout=log, stderr=log
     )
+
+
+async def fill(js: Any, subject: str, count: int, window: int = 2000, start: int = 0) -> None:
+    """Publish `count` small messages with acks, `window` in flight at a time."""
+    sent = 0
+    while sent < count:
+        n = min(window, count - sent)
+        await asyncio.gather(
+            *(js.publish(subject, f"event {start + sent + i}".encode()) for i in range(n))
+        )
+        sent += n
+
+
+async def filled_stream(url: str, name: str, total: int) -> tuple[Any, Any, str]:
+    """A new limits stream `name` on subject `name.lower()`, holding `total` events:
+    (the connection, its JetStream context, the subject)."""
+    import nats
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    subject = name.lower()
+    await js.add_stream(name=name, subjects=[subject])
+    await fill(js, subject, total)
+    return nc, js, subject
+
+
+def in_thread(coro: Any) -> None:
+    """Run a coroutine to completion in a thread of its own, outside the caller's event loop
+    (Playwright's sync API and Django's test client run sync code in the test's thread)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]

@@ -13,8 +13,8 @@ import nats
 import pytest
 
 from eventbus.embedded import free_port
-from tests.taputil import tap_process
-from tests.test_browser_streams import _log_in, in_thread
+from tests.taputil import in_thread, tap_process
+from tests.test_browser_streams import _log_in
 from tests.webutil import daphne
 
 pytestmark = pytest.mark.browser

@@ -15,8 +15,8 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from tests.conftest import ARTIFACTS
-from tests.taputil import tap_process
-from tests.test_browser_streams import _log_in, _wait_for_text, in_thread
+from tests.taputil import in_thread, tap_process
+from tests.test_browser_streams import _log_in, _wait_for_text
 
 pytestmark = pytest.mark.browser
 HTMX = Path(__file__).resolve().parent.parent / "static/vendor/htmx-2.0.11/htmx.min.js"

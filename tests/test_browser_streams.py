@@ -3,16 +3,14 @@ the gaps. Real tap process, nats-server, PostgreSQL, Daphne and chromium."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import threading
 import time
 
 import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
-from tests.taputil import tap_process
+from tests.taputil import in_thread, tap_process
 
 pytestmark = pytest.mark.browser
 
@@ -28,23 +26,6 @@ async def _make_streams(url: str, unique: str) -> None:
         name=f"WQ_{unique}", subjects=[f"wq.{unique}"], retention=RetentionPolicy.WORK_QUEUE
     )
     await nc.close()
-
-
-def in_thread(coro) -> None:
-    """Run a coroutine to completion outside Playwright's own event loop."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(coro)
-        except BaseException as exc:  # re-raised in the test's thread
-            errors.append(exc)
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if errors:
-        raise errors[0]
 
 
 def _log_in(page, web: str, alice: tuple[str, str]) -> None:

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from tests.conftest import ARTIFACTS
-from tests.test_browser_streams import _log_in, in_thread
+from tests.taputil import in_thread
+from tests.test_browser_streams import _log_in
 from tests.test_topology_page import _flow
 
 pytestmark = pytest.mark.browser

@@ -30,6 +30,8 @@ from tests.taputil import (
     checkpoint,
     config,
     eventually,
+    fill,
+    filled_stream,
     gaps,
     query,
     recorded_seqs,
@@ -38,17 +40,6 @@ from tests.taputil import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-async def fill(js, subject: str, count: int, window: int = 2000, start: int = 0) -> None:
-    """Publish `count` small messages with acks, `window` in flight at a time."""
-    sent = 0
-    while sent < count:
-        n = min(window, count - sent)
-        await asyncio.gather(
-            *(js.publish(subject, f"event {start + sent + i}".encode()) for i in range(n))
-        )
-        sent += n
 
 
 async def at_least(database_url: str, stream: str, n: int) -> bool:
@@ -81,11 +72,8 @@ async def test_one_busy_writer_connection_killed_five_times_during_a_300k_ingest
 ):
     caplog.set_level(logging.INFO)
     total = 300_000
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    stream, subject = f"PGKILL_{unique}", f"pgkill.{unique}"
-    await js.add_stream(name=stream, subjects=[subject])
-    await fill(js, subject, total)
+    stream = f"PGKILL_{unique}"
+    nc, js, subject = await filled_stream(nats_server.url, stream, total)
     killed = []
     async with tap_running(nats_server.url, database_url) as tap:
         for step in range(1, 6):  # spread over the ingest
@@ -113,11 +101,8 @@ async def test_one_busy_writer_connection_killed_five_times_during_a_300k_ingest
 
 async def test_the_lease_connection_killed_mid_ingest(nats_server, database_url, unique):
     total = 60_000
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    stream, subject = f"LEASEKILL_{unique}", f"leasekill.{unique}"
-    await js.add_stream(name=stream, subjects=[subject])
-    await fill(js, subject, total)
+    stream = f"LEASEKILL_{unique}"
+    nc, js, subject = await filled_stream(nats_server.url, stream, total)
     async with tap_running(nats_server.url, database_url) as tap:
         await eventually(partial(at_least, database_url, stream, total // 4), what="a quarter")
         assert await terminate(database_url, "flowscope-tap-lease")
@@ -200,11 +185,8 @@ async def test_a_second_tap_starts_mid_ingest_then_the_first_is_killed(
 
 async def test_nats_restarted_mid_ingest(nats_server, database_url, unique):
     total = 60_000
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    stream, subject = f"NATSBOUNCE_{unique}", f"natsbounce.{unique}"
-    await js.add_stream(name=stream, subjects=[subject])
-    await fill(js, subject, total)
+    stream = f"NATSBOUNCE_{unique}"
+    nc, _, subject = await filled_stream(nats_server.url, stream, total)
     await nc.close()
     async with tap_running(nats_server.url, database_url):
         await eventually(partial(at_least, database_url, stream, total // 4), what="a quarter")
@@ -327,11 +309,8 @@ async def test_a_writer_that_dies_is_restarted_and_the_record_stays_exact(
     once; the observers start again from the stored checkpoint and nothing is lost."""
     caplog.set_level(logging.INFO)
     total = 20_000
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    stream, subject = f"WCRASH_{unique}", f"wcrash.{unique}"
-    await js.add_stream(name=stream, subjects=[subject])
-    await fill(js, subject, total)
+    stream = f"WCRASH_{unique}"
+    nc, js, subject = await filled_stream(nats_server.url, stream, total)
     async with tap_running(nats_server.url, database_url, buffer_size=2000, batch_size=500) as tap:
         await eventually(partial(at_least, database_url, stream, 2_000), what="some written")
         original = tap.writer._try_commit

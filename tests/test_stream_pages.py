@@ -4,11 +4,8 @@ partials the websocket transport pushes, and the chart range control."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import nats
 import pytest
@@ -23,26 +20,10 @@ from dashboard.pages.streams import (
     stream_live_html,
 )
 from tests.htmltree import Node, parse
-from tests.taputil import eventually, query, tap_running
+from tests.taputil import eventually, in_thread, query, tap_running
 from tests.test_stream_page_data import ensure_partition
 
-
-def run(coro: Any) -> None:
-    """Run a coroutine to completion in a thread of its own (the test itself is sync: Django's
-    test client and the ORM)."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(coro)
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if errors:
-        raise errors[0]
+run = in_thread  # the test itself is sync: Django's test client and the ORM
 
 
 @pytest.fixture
