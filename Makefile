@@ -32,12 +32,14 @@ run: $(STAMP) $(SCAN_EXT)
 test: $(STAMP) $(SCAN_EXT)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Fails when a target of bench/tap_ingest.py is missed (after running both); QUICK=1 for a
-# smaller run of each (about a minute). bench/README.md says what each figure means.
+# Fails when a target of bench/tap_ingest.py or bench/live.py is missed (after running all
+# three); QUICK=1 for a smaller run of each (about 4 minutes). bench/README.md says what each
+# figure means.
 bench: $(STAMP) $(SCAN_EXT)
 	@status=0; \
 	$(PY) bench/tap_ingest.py $(if $(QUICK),--quick) || status=$$?; \
 	$(PY) bench/demo_saga.py $(if $(QUICK),--quick) || status=$$?; \
+	$(PY) bench/live.py $(if $(QUICK),--quick) || status=$$?; \
 	exit $$status
 
 lint: $(STAMP)
