@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -48,7 +49,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             self.live.watch(topic)
         self.flusher = asyncio.create_task(self._flush(), name="live socket")
         for topic in self.topics:  # (re)sync: the state now, without waiting for a change
-            html = await self.live.render(topic)
+            html = await self.live.render(topic, fresh_for=self.live.tick)
             if html is not None:
                 self.latest.setdefault(topic, html)
                 self.pending.set()
@@ -74,11 +75,15 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.pending.set()
 
     async def _flush(self) -> None:
+        last = 0.0
         while True:
             await self.pending.wait()
+            wait = last + MIN_INTERVAL - time.monotonic()
+            if wait > 0:  # at most one message per MIN_INTERVAL, counted from the last one
+                await asyncio.sleep(wait)
             self.pending.clear()
             batch, self.latest = self.latest, {}
             if batch:
+                last = time.monotonic()
                 await self.send(text_data="".join(batch[t] for t in sorted(batch)))
                 self.sent += 1
-            await asyncio.sleep(MIN_INTERVAL)

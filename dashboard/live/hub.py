@@ -77,6 +77,8 @@ class LiveHub:
         self.task: asyncio.Task[None] | None = None
         self.nc: Client | None = None
         self.connected = False
+        self.last_push = 0.0
+        self.cache: dict[str, tuple[float, str | None]] = {}  # topic -> (when, html)
         # figures for /metrics and the live benchmark
         self.digests = 0
         self.renders = 0
@@ -91,11 +93,18 @@ class LiveHub:
         self.watched[topic] -= 1
         if self.watched[topic] <= 0:
             del self.watched[topic]
+            self.cache.pop(topic, None)
 
-    async def render(self, topic: str) -> str | None:
-        """The topic's live HTML now (also what a socket gets when it (re)connects)."""
+    async def render(self, topic: str, fresh_for: float = 0.0) -> str | None:
+        """The topic's live HTML now. `fresh_for`: a rendering at most that old will do (a
+        socket that (re)connects: after a web restart they all do at once, and share one)."""
+        cached = self.cache.get(topic)
+        if fresh_for and cached is not None and time.monotonic() - cached[0] <= fresh_for:
+            return cached[1]
         self.renders += 1
-        return await sync_to_async(self.render_sync, thread_sensitive=False)(topic)
+        html = await sync_to_async(self.render_sync, thread_sensitive=False)(topic)
+        self.cache[topic] = (time.monotonic(), html)
+        return html
 
     # -- the process' one subscription ----------------------------------------------------
     def ensure_started(self) -> None:
@@ -152,8 +161,11 @@ class LiveHub:
                 self._mark(set(self.watched))
                 next_refresh = now + self.refresh
             if self.dirty:
-                await self._push()  # at once: the first change after a quiet spell is not held
-                await asyncio.sleep(self.tick)  # then at most one render of a topic per tick
+                wait = self.last_push + self.tick - time.monotonic()
+                if wait > 0:  # at most one render of a topic per tick, counted from the last
+                    await asyncio.sleep(wait)
+                self.last_push = time.monotonic()
+                await self._push()  # a change after a quiet spell goes at once
                 continue
             self.wake.clear()  # (no await since `dirty` was checked: no wake-up is lost)
             with contextlib.suppress(TimeoutError):
