@@ -112,6 +112,25 @@ def test_a_search_from_the_form_keeps_the_filter_in_the_url(
         assert "only be the last token" in page.inner_text("#filter-error")
         page.go_back()
         assert page.eval_on_selector_all("#event-table td.subject", "els => els.length") == 2
+        # times are the reader's: chromium in Kolkata sees IST (+05:30), ISO on hover
+        kolkata = page.context.browser.new_context(timezone_id="Asia/Kolkata")
+        try:
+            other = kolkata.new_page()
+            _log_in(other, web, alice)
+            other.goto(page.url)
+            cell = other.locator("#event-table time").first
+            iso = cell.get_attribute("datetime")
+            assert iso and iso.endswith("+00:00")  # the server's zone, UTC
+            from datetime import datetime, timedelta, timezone
+
+            shown = datetime.fromisoformat(iso).astimezone(timezone(timedelta(hours=5, minutes=30)))
+            assert cell.inner_text() in (
+                shown.strftime("%Y-%m-%d %H:%M:%S GMT+5:30"),
+                shown.strftime("%Y-%m-%d %H:%M:%S IST"),
+            ), cell.inner_text()
+            assert cell.get_attribute("title") == iso
+        finally:
+            kolkata.close()
         for width in (1280, 390):
             page.set_viewport_size({"width": width, "height": 900})
             page.screenshot(path=str(ARTIFACTS / f"events-{width}.png"), full_page=True)
