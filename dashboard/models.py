@@ -242,3 +242,52 @@ class DiscoveryProbe(models.Model):
 
     class Meta:
         db_table = "flowscope_discovery_probe"
+
+
+class AuditEntry(models.Model):
+    """One change someone made or tried (dashboard/audit.py writes them): who, from where,
+    what, and how it ended. Written whether the change succeeded or failed."""
+
+    class Result(models.TextChoices):
+        OK = "ok"
+        FAILED = "failed", "failed (the server's error)"
+        REFUSED = "refused", "refused (not allowed)"
+
+    ts = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    username = models.CharField(max_length=150, blank=True, default="")  # kept if the user goes
+    address = models.GenericIPAddressField(null=True, blank=True)
+    action = models.CharField(max_length=64, db_index=True)  # "stream.create", "login.failed"
+    target = models.CharField(max_length=512, blank=True, default="")  # "stream ORDERS"
+    detail = models.JSONField(default=dict, blank=True)  # before/after, parameters
+    result = models.CharField(max_length=16, choices=Result.choices, default=Result.OK)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "flowscope_audit"
+        ordering = ["-ts", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.ts:%Y-%m-%d %H:%M:%S} {self.username or '-'} {self.action} {self.target}"
+
+
+class ApiToken(models.Model):
+    """A user's API token for `Authorization: Bearer <token>`: shown once when created, stored
+    only as its SHA-256 (a token is 32 random bytes: no slow hash is needed against guessing)."""
+
+    user = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, help_text="the token's first characters, to tell it")
+    digest = models.CharField(max_length=64, unique=True)
+    created = models.DateTimeField(auto_now_add=True)
+    last_used = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "flowscope_api_token"
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -93,6 +93,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.roles.context",
             ],
         },
     },
@@ -125,6 +126,8 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
 # Flowscope's own knobs (documented in README.md).
+FLOWSCOPE_PUBLIC_READ = envbool("FLOWSCOPE_PUBLIC_READ")  # anonymous visitors may browse
+FLOWSCOPE_TRUST_X_FORWARDED_FOR = envbool("FLOWSCOPE_TRUST_X_FORWARDED_FOR")  # behind a proxy
 FLOWSCOPE_PAYLOAD_PREVIEW_BYTES = envint("FLOWSCOPE_PAYLOAD_PREVIEW_BYTES", 64 * 1024)
 FLOWSCOPE_LAG_INTERVAL = float(os.environ.get("FLOWSCOPE_LAG_INTERVAL", "5"))
 FLOWSCOPE_RETENTION = os.environ.get("FLOWSCOPE_RETENTION", "7d")

@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from dashboard import health, views
-from dashboard.pages import events, streams, topology
+from dashboard.pages import audit, events, streams, tokens, topology
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -15,6 +15,9 @@ urlpatterns = [
     ),
     path("topology/", topology.topology, name="topology"),
     path("events/", events.events, name="events"),
+    path("tokens/", tokens.token_list, name="tokens"),
+    path("tokens/<int:token_id>/revoke/", tokens.token_revoke, name="token-revoke"),
+    path("audit/", audit.audit_log, name="audit"),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", views.Logout.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),

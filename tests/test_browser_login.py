@@ -15,7 +15,8 @@ def test_it_logs_in_and_shows_the_empty_overview(web, page, alice):
     page.wait_for_url(web + "/")
     assert page.locator("h1").inner_text() == "Overview"
     assert page.locator("#no-streams").is_visible()
-    assert page.locator(".who span").inner_text() == "alice"
+    assert page.locator(".who a").inner_text() == "alice"
+    assert page.locator(".who .role").inner_text() == "admin"
     # the stylesheet is served (by WhiteNoise, under Daphne)
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(248, 250, 252)"
 

@@ -16,12 +16,12 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.template.loader import render_to_string
 
 from dashboard.models import Stream
+from dashboard.roles import require
 from dashboard.search import RANGES, EventFilter, FilterError, parse_filter, search_events
 from dashboard.search.query import from_micros, micros
 
@@ -39,7 +39,7 @@ def _streams() -> list[str]:
     )
 
 
-@login_required
+@require("browse")
 def events(request: HttpRequest) -> HttpResponse:
     error: FilterError | None = None
     page = None

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.db.models import Count
 from django.db.models.functions import Lower
 from django.http import HttpRequest, HttpResponse
@@ -21,6 +20,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from dashboard.models import Checkpoint, Consumer, ConsumerSample, Stream, StreamSample
+from dashboard.roles import require
 from dashboard.taps import tap_views
 
 SPARK_WINDOW = timedelta(minutes=15)
@@ -191,7 +191,7 @@ def overview_context(now: datetime) -> dict[str, object]:
 LIVE_PARTIALS = ("taps", "streams", "stores", "consumers")
 
 
-@login_required
+@require("browse")
 def overview(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/overview.html", overview_context(timezone.now()))
 

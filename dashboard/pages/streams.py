@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.db.models import Count, F, QuerySet, Sum
 from django.http import HttpRequest, HttpResponse
@@ -24,6 +23,7 @@ from django.utils import timezone
 from dashboard.models import Checkpoint, Consumer, Event, Gap, Stream, StreamSample
 from dashboard.pages import charts
 from dashboard.pages.facts import consumer_config_facts, stream_config_facts
+from dashboard.roles import require
 
 STREAM_TEMPLATE = "dashboard/stream.html"
 CONSUMER_TEMPLATE = "dashboard/consumer.html"
@@ -182,7 +182,7 @@ def _wants_partial(request: HttpRequest) -> bool:
     return bool(htmx) and not htmx.history_restore_request  # type: ignore[union-attr]
 
 
-@login_required
+@require("browse")
 def stream_detail(request: HttpRequest, name: str) -> HttpResponse:
     stream = live_stream(name)
     if stream is None:
@@ -230,7 +230,7 @@ def consumer_live_html(
     return _render_oob(CONSUMER_TEMPLATE, CONSUMER_PARTIALS, context)
 
 
-@login_required
+@require("browse")
 def consumer_detail(request: HttpRequest, name: str, consumer: str) -> HttpResponse:
     stream = live_stream(name)
     if stream is None:

@@ -11,12 +11,12 @@ import threading
 import time
 from typing import Any
 
-from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
+from dashboard.roles import require
 from dashboard.topology import KIND_TITLES, build_graph
 
 TEMPLATE = "dashboard/topology.html"
@@ -48,7 +48,7 @@ def topology_context(oob: bool = False) -> dict[str, Any]:
     }
 
 
-@login_required
+@require("browse")
 def topology(request: HttpRequest) -> HttpResponse:
     return render(request, TEMPLATE, topology_context())
 
