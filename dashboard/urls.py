@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from dashboard import health, views
+from dashboard.api import api
 from dashboard.pages import streams, topology
 
 urlpatterns = [
@@ -14,6 +15,7 @@ urlpatterns = [
         name="consumer",
     ),
     path("topology/", topology.topology, name="topology"),
+    path("api/", api.urls),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", views.Logout.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),
