@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from django.db.models import Count, F, QuerySet, Sum
-from django.http import Http404, HttpRequest
+from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Field, Query, Router, Schema
+from ninja.errors import HttpError
 
 from dashboard.api.errors import bad_request
 from dashboard.api.paging import Keyset, Page, PageParams
@@ -116,7 +117,7 @@ def _stream_or_404(name: str) -> Stream:
     stream = live_stream(name)
     if stream is None:
         gone = Stream.objects.filter(name=name).exists()
-        raise Http404(f"stream {name!r} {'was deleted' if gone else 'is not known'}")
+        raise HttpError(404, f"stream {name!r} {'was deleted' if gone else 'is not known'}")
     return stream
 
 
@@ -125,7 +126,7 @@ def _consumer_or_404(stream: Stream, name: str) -> Consumer:
     if consumer is None:
         gone = stream.consumers.filter(name=name).exists()
         state = "was deleted" if gone else "is not known"
-        raise Http404(f"consumer {name!r} of stream {stream.name!r} {state}")
+        raise HttpError(404, f"consumer {name!r} of stream {stream.name!r} {state}")
     return consumer
 
 
