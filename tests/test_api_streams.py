@@ -79,7 +79,7 @@ async def _record(nats_url: str, database_url: str, u: str) -> None:
             rows = await query(database_url, "SELECT count(*) FROM flowscope_stream_sample x "
                                "JOIN flowscope_stream s ON s.id = x.stream_id WHERE s.name = %s "
                                "AND x.last_seq = 0", f"API_{u}")  # fmt: skip
-            return rows[0][0] > 0
+            return bool(rows[0][0] > 0)
 
         await eventually(watching, 30, "the tap watching the streams")
         await eventually(sampled_empty, 30, "a sample of the empty stream")
@@ -96,7 +96,8 @@ async def _record(nats_url: str, database_url: str, u: str) -> None:
         async def done() -> bool:
             recorded = dict(await query(
                 database_url, "SELECT s.name, c.recorded FROM flowscope_checkpoint c "
-                "JOIN flowscope_stream s ON s.id = c.stream_id WHERE s.deleted_at IS NULL"))  # fmt: skip
+                "JOIN flowscope_stream s ON s.id = c.stream_id WHERE s.deleted_at IS NULL",
+            ))  # fmt: skip
             acked = await query(
                 database_url, "SELECT count(*) FROM flowscope_consumer_sample x JOIN "
                 "flowscope_consumer c ON c.stream_id = x.stream_id AND c.name = x.consumer "

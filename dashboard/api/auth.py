@@ -16,6 +16,7 @@ from ninja.security.apikey import APIKeyCookie
 from ninja.utils import check_csrf
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+CSRF_FAILED = "CSRF check failed: send the csrftoken cookie's value as the X-CSRFToken header"
 
 
 class SessionAuth(APIKeyCookie):
@@ -31,7 +32,7 @@ class SessionAuth(APIKeyCookie):
         if user is None or not user.is_authenticated:
             return None
         if request.method not in SAFE_METHODS and check_csrf(request) is not None:
-            raise HttpError(403, "CSRF check failed: send the csrftoken cookie's value as X-CSRFToken")
+            raise HttpError(403, CSRF_FAILED)
         return user
 
 

@@ -34,10 +34,10 @@ def bad_request(field: str, message: str) -> NoReturn:
 
 
 def install(api: NinjaAPI) -> None:
-    def validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    def validation(request: HttpRequest, exc: Any) -> HttpResponse:
         return api.create_response(request, {"detail": field_errors(exc.errors)}, status=400)
 
-    def unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    def unauthenticated(request: HttpRequest, exc: Any) -> HttpResponse:
         return api.create_response(request, {"detail": UNAUTHENTICATED}, status=401)
 
     api.add_exception_handler(ValidationError, validation)

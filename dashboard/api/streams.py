@@ -143,7 +143,9 @@ def _rates(ids: list[int], now: datetime) -> dict[int, float | None]:
     return {sid: recent_rate(points.get(sid, [])) for sid in ids}
 
 
-def _stream_out(stream: Stream, checkpoint: Checkpoint | None, rate: float | None) -> dict[str, Any]:
+def _stream_out(
+    stream: Stream, checkpoint: Checkpoint | None, rate: float | None
+) -> dict[str, Any]:
     config = stream.config if isinstance(stream.config, dict) else {}
     return {
         "name": stream.name,
