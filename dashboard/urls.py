@@ -1,9 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from dashboard import health, views
-from dashboard.api import api
 from dashboard.pages import streams, topology
 
 urlpatterns = [
@@ -15,12 +14,12 @@ urlpatterns = [
         name="consumer",
     ),
     path("topology/", topology.topology, name="topology"),
-    path("api/", api.urls),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", views.Logout.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    path("api/", include("dashboard.api.urls")),
     # browsers ask for /favicon.ico whatever the page says
     path("favicon.ico", views.favicon),
 ]
