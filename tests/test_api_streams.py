@@ -353,3 +353,9 @@ def test_the_openapi_document_and_the_docs_page_load_nothing_from_elsewhere(clie
     assert "http://" not in html and "https://" not in html  # no CDN
     assert "<script>" not in html and "<script " in html  # every script is a file
     assert html.count("<script src=") == html.count("<script")
+
+
+def test_a_path_under_api_that_names_no_operation_is_a_json_404(logged_in, client, db):
+    for who in (logged_in, client):
+        for url in ("/api/", "/api/nope", "/api/streams/", "/api/streams/a/b/c/d/e/f"):
+            assert "no such API endpoint" in get(who, url, 404)["detail"], url
