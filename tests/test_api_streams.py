@@ -267,6 +267,11 @@ def test_each_bad_parameter_answers_400_naming_it(logged_in, db):
     assert fields_refused(logged_in, lag, since=later, until=later) == ["since"]
     assert fields_refused(logged_in, lag, until="0001-01-01T00:00:00Z") == ["until"]
     assert fields_refused(logged_in, lag, since="9999-12-31T23:00:00Z") == ["since"]  # > now
+    # the far ends of what a time can say are a valid range, of nothing
+    widest = get(
+        logged_in, lag, since="0001-01-01T00:00:00+14:00", until="9999-12-31T23:59:59-14:00"
+    )
+    assert widest["items"] == [] and widest["bucket_seconds"] > 500_000_000
 
 
 # --- pages --------------------------------------------------------------------------------------
