@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from dashboard import health, views
 from dashboard.pages import audit, events, streams, tokens, topology
@@ -23,6 +23,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    path("api/", include("dashboard.api.urls")),
     # browsers ask for /favicon.ico whatever the page says
     path("favicon.ico", views.favicon),
 ]

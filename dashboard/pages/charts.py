@@ -36,7 +36,12 @@ def parse_range(value: str | None) -> str:
 
 def bucket_seconds(range_key: str) -> int:
     """Bucket width: a range spans at most MAX_POINTS buckets (its two ends may cut two)."""
-    return max(1, math.ceil(RANGES[range_key].total_seconds() / (MAX_POINTS - 1)))
+    return span_bucket_seconds(RANGES[range_key])
+
+
+def span_bucket_seconds(span: timedelta) -> int:
+    """Bucket width for any span (the JSON API takes arbitrary ranges)."""
+    return max(1, math.ceil(span.total_seconds() / (MAX_POINTS - 1)))
 
 
 @dataclass
@@ -67,6 +72,12 @@ def _bucketed(sql_select: str, stream_id: int, names: Sequence[str], range_key: 
               now: datetime) -> list[tuple[Any, ...]]:  # fmt: skip
     """Rows (consumer, bucket start as unix s, last sample's time as unix s, *select) per
     consumer and bucket over the range ending at `now`, oldest first."""
+    return bucketed(sql_select, stream_id, names, now - RANGES[range_key], now)
+
+
+def bucketed(sql_select: str, stream_id: int, names: Sequence[str], start: datetime,
+             end: datetime) -> list[tuple[Any, ...]]:  # fmt: skip
+    """As `_bucketed`, over (start, end]: at most MAX_POINTS buckets whatever the span."""
     if not names:
         return []
     with connection.cursor() as cur:
@@ -77,8 +88,8 @@ def _bucketed(sql_select: str, stream_id: int, names: Sequence[str], range_key: 
             "FROM flowscope_consumer_sample "
             "WHERE stream_id = %s AND consumer = ANY(%s) AND ts > %s AND ts <= %s "
             "GROUP BY 1, 2 ORDER BY 2, 1",
-            [f"{bucket_seconds(range_key)} seconds", ORIGIN, stream_id, list(names),
-             now - RANGES[range_key], now],
+            [f"{span_bucket_seconds(end - start)} seconds", ORIGIN, stream_id, list(names),
+             start, end],
         )  # fmt: skip
         return list(cur.fetchall())
 

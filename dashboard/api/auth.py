@@ -1,0 +1,39 @@
+"""Who may call the API. `API_AUTH` is the list NinjaAPI tries in order; the first that returns
+a user wins, and none answers 401. The roles issue (#14) adds its bearer tokens to this list.
+
+Django's session, as the browser holds it. CSRF is checked only for a request this class
+authenticates: a request that carries no session (a script with a bearer token) is left to the
+next class instead of failing the session's CSRF check first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest
+from ninja.errors import HttpError
+from ninja.security.apikey import APIKeyCookie
+from ninja.utils import check_csrf
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+CSRF_FAILED = "CSRF check failed: send the csrftoken cookie's value as the X-CSRFToken header"
+
+
+class SessionAuth(APIKeyCookie):
+    """The logged-in user of Django's session; CSRF token required for unsafe methods."""
+
+    param_name: str = settings.SESSION_COOKIE_NAME
+
+    def __init__(self) -> None:
+        super().__init__(csrf=False)  # checked below, once the session is known to be valid
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Any:
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated:
+            return None
+        if request.method not in SAFE_METHODS and check_csrf(request) is not None:
+            raise HttpError(403, CSRF_FAILED)
+        return user
+
+
+API_AUTH: list[Any] = [SessionAuth()]
