@@ -237,8 +237,16 @@ def get_consumer(request: HttpRequest, name: str, consumer: str) -> dict[str, An
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    """A time without an offset is taken as UTC."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+    """In UTC; a time without an offset is taken as UTC. (An offset PostgreSQL cannot hold,
+    such as -21:14, which Python accepts, is gone once the time is in UTC.)"""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # a time at the very end of what a datetime holds: that end, in UTC
+        return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 def lag_range(since: datetime | None, until: datetime | None, now: datetime

@@ -108,7 +108,7 @@ def parse_time(field: str, text: str) -> datetime:
         parsed = parsed.replace(tzinfo=UTC)
     if not (1970 <= parsed.year <= 9000):
         raise FilterError(field, "the time is out of range")
-    return parsed
+    return parsed.astimezone(UTC)  # an offset PostgreSQL cannot hold (-21:14) is gone in UTC
 
 
 def _size(field: str, text: str) -> int:
