@@ -357,3 +357,22 @@ def test_preview_is_text_or_none_for_binary(orders: Stream) -> None:
     assert page.items[0]["preview"] is None
     page = search_events(parse_filter({"msg_id": "m-78"}))
     assert page.items[0]["preview"].startswith('{"order"')
+
+
+def test_the_json_filter_works_when_postgresql_scans_in_parallel(orders: Stream) -> None:
+    """flowscope_try_jsonb() catches errors in a subtransaction, which a parallel worker may
+    not start: declared PARALLEL SAFE, a parallel plan failed (bench/search.py found it)."""
+    with connection.cursor() as cur:
+        for setting in ("parallel_setup_cost = 0", "parallel_tuple_cost = 0",
+                        "min_parallel_table_scan_size = 0", "max_parallel_workers_per_gather = 2",
+                        "enable_indexscan = off", "enable_bitmapscan = off"):  # fmt: skip
+            cur.execute(f"SET {setting}")
+        cur.execute(
+            "EXPLAIN SELECT 1 FROM flowscope_event WHERE convert_from(payload, 'UTF8') <> ''"
+        )
+        assert "Gather" in " ".join(r[0] for r in cur.fetchall())  # parallel plans happen here
+    try:
+        assert seqs({"json": "order.id=42"}) == [42]
+    finally:
+        with connection.cursor() as cur:
+            cur.execute("RESET ALL")

@@ -14,6 +14,7 @@ from ninja import NinjaAPI
 from dashboard.api import errors
 from dashboard.api.auth import API_AUTH
 from dashboard.api.docs import VendoredSwagger
+from dashboard.api.events import router as events_router
 from dashboard.api.streams import router as streams_router
 
 
@@ -33,3 +34,4 @@ api = FlowscopeAPI(
 )
 errors.install(api)
 api.add_router("/streams", streams_router)
+api.add_router("/events", events_router)

@@ -12,8 +12,11 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 from ninja.errors import HttpError
+from ninja.security import HttpBearer
 from ninja.security.apikey import APIKeyCookie
 from ninja.utils import check_csrf
+
+from dashboard import roles, tokens
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 CSRF_FAILED = "CSRF check failed: send the csrftoken cookie's value as the X-CSRFToken header"
@@ -36,4 +39,24 @@ class SessionAuth(APIKeyCookie):
         return user
 
 
-API_AUTH: list[Any] = [SessionAuth()]
+class TokenAuth(HttpBearer):
+    """`Authorization: Bearer <token>`: a live API token (dashboard/tokens.py) acts as its user,
+    with the user's role. No CSRF: a token is not sent by the browser on its own."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> Any:
+        user = tokens.user_for(token)
+        if user is not None:
+            request.user = user
+        return user
+
+
+class PublicRead:
+    """With FLOWSCOPE_PUBLIC_READ=1, anonymous callers may read (safe methods only)."""
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if request.method in SAFE_METHODS and roles.public_read():
+            return "public"
+        return None
+
+
+API_AUTH: list[Any] = [SessionAuth(), TokenAuth(), PublicRead()]

@@ -4,7 +4,8 @@
   Partial: only events that carry a Nats-Msg-Id pay for it at ingest.
 - `flowscope_try_jsonb(bytea)`: a payload as jsonb, or NULL when it is not JSON in UTF-8 (a
   cast would abort the whole query at the first binary payload). The search narrows rows by
-  their bytes first, so it parses few.
+  their bytes first, so it parses few. PARALLEL RESTRICTED: its EXCEPTION block starts a
+  subtransaction, which a parallel worker may not (bench/search.py met that error).
 """
 
 from django.db import migrations
@@ -12,7 +13,7 @@ from django.db import migrations
 FORWARD = """
 CREATE INDEX flowscope_event_msg_id ON flowscope_event (msg_id) WHERE msg_id IS NOT NULL;
 CREATE OR REPLACE FUNCTION flowscope_try_jsonb(b bytea) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL RESTRICTED AS $$
 BEGIN
     RETURN convert_from(b, 'UTF8')::jsonb;
 EXCEPTION WHEN others THEN

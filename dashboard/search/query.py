@@ -295,14 +295,15 @@ def _index_rows(
 
 def _walk_seq(
     seg: _Segment, where: list[str], params: list[Any], pos: dict[str, Any] | None,
-    want: int, deadline: float, since: datetime | None,
+    want: int, deadline: float, since: datetime | None, until: datetime | None,
 ) -> list[tuple[Any, ...]]:  # fmt: skip
     """Backwards through one incarnation's sequences, in growing windows."""
     sid = seg.params[0]
     if pos is not None and pos.get("s") is not None:
         top = int(pos["s"])
-    else:
-        newest = _scalar("SELECT max(seq) FROM flowscope_event WHERE stream_id = %s", [sid])
+    else:  # (an `until` prunes the partitions after it, so the backward scan starts there)
+        cond, args = ("AND ts < %s", [sid, until]) if until is not None else ("", [sid])
+        newest = _scalar(f"SELECT max(seq) FROM flowscope_event WHERE stream_id = %s {cond}", args)
         if newest is None:
             return []
         top = int(newest) + 1
@@ -335,7 +336,7 @@ def _older_than(stream_id: int, seq: int, since: datetime) -> bool:
 
 def _walk_time(
     seg: _Segment, where: list[str], params: list[Any], pos: dict[str, Any] | None,
-    want: int, deadline: float, since: datetime | None, now: datetime,
+    want: int, deadline: float, since: datetime | None, until: datetime | None, now: datetime,
 ) -> list[tuple[Any, ...]]:  # fmt: skip
     """Backwards through time in growing windows (BRIN on ts), newest first."""
     start = oldest_partition_start()
@@ -346,6 +347,8 @@ def _walk_time(
     if pos is not None and pos.get("t") is not None:
         top = from_micros(pos["t"])
         keyset = [top, pos["i"]]
+    elif until is not None:
+        top = until  # the walk starts where the range ends, not at now
     else:
         top = None  # open: the first window takes everything newer than now - FIRST_WINDOW
     found: list[tuple[Any, ...]] = []
@@ -477,7 +480,7 @@ def search_events(
             raise CursorError("the part of the search this cursor was in is gone: start again")
         start_index = keys.index(position["g"])
     where, params = predicates(f, now)
-    since, _ = f.window(now)
+    since, until = f.window(now)
     want = limit + 1  # one more than shown tells whether there is a next page
     rows: list[tuple[str, tuple[Any, ...]]] = []
     coverage: Coverage | None = None
@@ -490,9 +493,9 @@ def search_events(
             if seg.axis == "index":
                 found = _index_rows(seg, where, params, pos, need, deadline)
             elif seg.axis == "seq":
-                found = _walk_seq(seg, where, params, pos, need, deadline, since)
+                found = _walk_seq(seg, where, params, pos, need, deadline, since, until)
             else:
-                found = _walk_time(seg, where, params, pos, need, deadline, since, now)
+                found = _walk_time(seg, where, params, pos, need, deadline, since, until, now)
         except _Stopped as stop:
             rows += [(seg.key, r) for r in stop.rows]
             if len(rows) < want:
