@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from dashboard import health, views
-from dashboard.pages import streams, topology
+from dashboard.pages import events, streams, topology
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -14,6 +14,7 @@ urlpatterns = [
         name="consumer",
     ),
     path("topology/", topology.topology, name="topology"),
+    path("events/", events.events, name="events"),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", views.Logout.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),

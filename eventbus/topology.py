@@ -40,6 +40,7 @@ MAX_NAME = 255
 MAX_SUBJECT = 512
 MAX_SUBJECTS = 200  # per endpoint row
 CONNZ_LIMIT = 1024  # connections per server and answer
+CONNZ_PAGES = 32  # pages asked for at most: 32,768 connections per server
 # Flowscope's own connections (the tap's, the web processes' digest subscriptions) are not the
 # applications': left out of the topology.
 OWN_CONNECTIONS = ("flowscope-tap-", "flowscope-web")
@@ -157,7 +158,9 @@ def connection_rows(
     The ProbeResult says whether any server answered with data or why not."""
     keep_set = set(keep)
     named: dict[str, dict[str, Any]] = {}
-    answered, errors, truncated = 0, [], False
+    answered, errors = 0, []
+    seen: dict[str, int] = {}  # server -> connections listed in its answers (pages)
+    totals: dict[str, int] = {}  # server -> connections it has
     for reply in connz_replies:
         data = _load(reply)
         if data is None:
@@ -171,7 +174,9 @@ def connection_rows(
             continue
         answered += 1
         conns = [c for c in connz.get("connections") or [] if isinstance(c, dict)]
-        truncated = truncated or int(connz.get("total") or 0) > len(conns)
+        server = _text(connz.get("server_id"), 64)
+        seen[server] = seen.get(server, 0) + len(conns)
+        totals[server] = max(totals.get(server, 0), int(connz.get("total") or 0))
         for conn in conns:
             name = _text(conn.get("name"), MAX_NAME)
             if not name or name.startswith(OWN_CONNECTIONS):
@@ -211,9 +216,10 @@ def connection_rows(
         for name, e in sorted(named.items())
     ]
     if answered:
-        note = f"{answered} server(s) answered"
-        if truncated:
-            note += f"; only the first {CONNZ_LIMIT} connections of a server are listed"
+        note = f"{len(totals)} server(s) answered"
+        if any(seen.get(server, 0) < total for server, total in totals.items()):
+            listed = min(seen.get(server, 0) for server in totals)
+            note += f"; only the first {listed:,} connections of a server are listed"
         return rows, ProbeResult("connz", True, note)
     if errors:
         return rows, ProbeResult("connz", False, "the server refused: " + "; ".join(errors[:3]))
@@ -264,10 +270,39 @@ async def discover(
     srv = ProbeResult(
         "srv", True, f"{len(services)} micro service(s) answered" if services else "none answered"
     )
-    request = {"subscriptions": True, "subscriptions_detail": True, "limit": CONNZ_LIMIT}
-    connz = await gather(nc, "$SYS.REQ.ACCOUNT.PING.CONNZ", json.dumps(request).encode(), stop)
+    connz = await connz_pages(nc, stop)
     connections, probe = connection_rows(connz, keep)
     return services + connections, [srv, probe]
+
+
+def more_connections(replies: Iterable[bytes | str | dict[str, Any]], offset: int) -> bool:
+    """Whether any server's CONNZ answer (asked from `offset`) says it has more than it sent."""
+    for reply in replies:
+        data = _load(reply)
+        connz = data.get("data") if data else None
+        if isinstance(connz, dict):
+            sent = len(connz.get("connections") or [])
+            if sent and int(connz.get("total") or 0) > offset + sent:
+                return True
+    return False
+
+
+async def connz_pages(
+    nc: Client, stop: asyncio.Event, limit: int = CONNZ_LIMIT, pages: int = CONNZ_PAGES
+) -> list[bytes]:
+    """Every server's connections, `limit` per answer, paged with `offset` while a server has
+    more (a server answers each page; one with fewer connections answers an empty one)."""
+    replies: list[bytes] = []
+    for page in range(pages):
+        request = {"subscriptions": True, "subscriptions_detail": True, "limit": limit,
+                   "offset": page * limit}  # fmt: skip
+        answers = await gather(
+            nc, "$SYS.REQ.ACCOUNT.PING.CONNZ", json.dumps(request).encode(), stop
+        )
+        replies += answers
+        if stop.is_set() or not more_connections(answers, page * limit):
+            break
+    return replies
 
 
 async def write(

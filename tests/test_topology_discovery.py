@@ -143,3 +143,24 @@ async def test_the_tap_stores_micro_services_and_connections(nats_server, databa
         ("service", "orders", ["orders.admin.purge", "orders.create"]),
     ]
     assert probes == [("connz", True), ("srv", True)]
+
+
+async def test_connections_beyond_one_connz_answer_are_paged_in(nats_server):
+    """CONNZ answers at most `limit` connections a server: the rest are asked for by offset, so
+    a busy server's clients are not cut off (here pages of 5 for 13 named connections)."""
+    conns = [await nats.connect(nats_server.url, name=f"client-{i:02d}") for i in range(13)]
+    for i, nc in enumerate(conns):
+        await nc.subscribe(f"app.{i}")
+    asker = await nats.connect(nats_server.url, name="flowscope-tap-test")
+    try:
+        replies = await topology.connz_pages(asker, asyncio.Event(), limit=5)
+        one_page = await topology.connz_pages(asker, asyncio.Event(), limit=5, pages=1)
+    finally:
+        for nc in [*conns, asker]:
+            await nc.close()
+    assert len(replies) == 3  # 5 + 5 + 4 (the asker is a connection too)
+    rows, probe = topology.connection_rows(replies)
+    assert {r.name for r in rows} == {f"client-{i:02d}" for i in range(13)}
+    assert "only the first" not in probe.note
+    rows, probe = topology.connection_rows(one_page)
+    assert len(rows) == 5 and "only the first 5 connections" in probe.note

@@ -180,7 +180,10 @@ class LiveHub:
             log.warning("live hub: a digest that is not JSON on %s", msg.subject)
             return
         if isinstance(body, dict):
-            self._mark(dirty_topics(msg.subject, body))
+            topics = dirty_topics(msg.subject, body)
+            if body.get("kind") == "events":  # every tail may have new matches
+                topics |= {t for t in self.watched if t.startswith("tail:")}
+            self._mark(topics)
 
     def _mark(self, topics: set[str]) -> None:
         topics &= set(self.watched)  # render only what a socket here shows

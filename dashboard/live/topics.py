@@ -20,7 +20,9 @@ RENDERERS: dict[str, str] = {
     "topology": "dashboard.pages.topology:topology_live_html",
     "stream": "dashboard.pages.streams:stream_live_html",
     "consumer": "dashboard.pages.streams:consumer_live_html",
+    "tail": "dashboard.pages.events:tail_live_html",
 }
+MAX_TAIL = 4096  # a tail topic carries its filter's query string, percent-encoded
 
 
 def parse_topic(text: str) -> tuple[str, tuple[str, ...]] | None:
@@ -28,6 +30,9 @@ def parse_topic(text: str) -> tuple[str, tuple[str, ...]] | None:
     kind, _, rest = text.partition(":")
     if kind in ("overview", "topology"):
         return (kind, ()) if not rest else None
+    if kind == "tail":  # `tail:<filter query string, percent-encoded>` ("" = no filter)
+        ok = len(rest) <= MAX_TAIL and ":" not in rest and "," not in rest and rest.isprintable()
+        return (kind, (rest,)) if ok else None
     names = tuple(rest.split(":")) if rest else ()
     arity = {"stream": 1, "consumer": 2}.get(kind)
     if arity is None or len(names) != arity:

@@ -1,0 +1,141 @@
+"""The event browser in chromium: a search from the form, and the live tail (an event published
+in the test shows within 2 s, markup as text; pause holds rows back; arrivals beyond what a push
+carries are counted as skipped, with a link to them). Real tap process, nats-server, PostgreSQL,
+Daphne."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nats
+import pytest
+
+from tests.taputil import in_thread, tap_process
+from tests.test_browser_live import _wait
+from tests.test_browser_streams import _log_in
+
+pytestmark = pytest.mark.browser
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+async def _publish(url: str, stream: str, subjects: list[str], create: bool = False) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    if create:
+        await js.add_stream(name=stream, subjects=[f"{stream.lower()}.>"])
+    for i, subject in enumerate(subjects):
+        await js.publish(subject, f'{{"n": {i}, "note": "<i>hi</i>"}}'.encode())
+    await nc.close()
+
+
+def _tail_subjects(page) -> list[str]:
+    return page.eval_on_selector_all(  # type: ignore[no-any-return]
+        "#tail-rows tr td.subject", "els => els.map(e => e.textContent)"
+    )
+
+
+def test_the_live_tail_shows_new_events_as_text_and_can_pause(
+    web, page, alice, nats_server, database_url, unique, tmp_path
+):
+    stream = f"TAIL_{unique}"
+    base = stream.lower()
+    in_thread(_publish(nats_server.url, stream, [f"{base}.old"], create=True))
+    tap = tap_process(nats_server.url, database_url, tmp_path / "tap.log")
+    try:
+        _log_in(page, web, alice)
+        page.goto(f"{web}/events/?stream={stream}")
+        _wait(lambda: (page.reload(), page.locator("#event-table tbody tr").count() == 1)[1], 30,
+              "the first event recorded")  # fmt: skip
+        page.check("#live-tail")
+        assert "live=1" in page.url
+        _wait(
+            lambda: _tail_subjects(page) == [f"{base}.old"], 10, "the tail starts with the newest"
+        )
+        in_thread(_publish(nats_server.url, stream, [f"{base}.<b>new</b>"]))
+        published = time.monotonic()
+        _wait(lambda: len(_tail_subjects(page)) == 2, 5, "the new event in the tail")
+        shown_after = time.monotonic() - published
+        assert _tail_subjects(page)[0] == f"{base}.<b>new</b>"  # on top, as text
+        assert page.locator("#tail-rows b").count() == 0
+        print(f"publish to tail: {shown_after * 1000:.0f} ms")
+        assert shown_after < 2.0
+
+        page.click("#tail-pause")
+        in_thread(_publish(nats_server.url, stream, [f"{base}.while.paused"]))
+        time.sleep(1.5)
+        assert len(_tail_subjects(page)) == 2, "a paused tail took rows in"
+        page.click("#tail-pause")
+        _wait(lambda: len(_tail_subjects(page)) == 3, 5, "resumed: the held row comes in")
+
+        # more than a push carries (50) at once: the rest are counted and linked
+        in_thread(_publish(nats_server.url, stream, [f"{base}.burst.{i}" for i in range(120)]))
+        _wait(lambda: page.locator("#tail-skipped").count() == 1, 10, "skipped ones counted")
+        rows = len(_tail_subjects(page))
+        skipped = int(page.inner_text("#tail-skipped").split()[0])
+        assert rows - 3 + skipped == 120, (rows, skipped)
+        link = page.get_attribute("#tail-skipped", "href")
+        assert link and f"stream={stream}" in link and "since=" in link
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "events-tail.png"), full_page=True)
+
+        page.uncheck("#live-tail")
+        assert page.locator("#results").is_visible() and "live=1" not in page.url
+    finally:
+        tap.terminate()
+        tap.wait(30)
+
+
+def test_a_search_from_the_form_keeps_the_filter_in_the_url(
+    web, page, alice, nats_server, database_url, unique, tmp_path
+):
+    stream = f"FORM_{unique}"
+    base = stream.lower()
+    subjects = [f"{base}.eu.created", f"{base}.us.created", f"{base}.eu.paid"]
+    in_thread(_publish(nats_server.url, stream, subjects, create=True))
+    tap = tap_process(nats_server.url, database_url, tmp_path / "tap.log")
+    try:
+        _log_in(page, web, alice)
+        page.goto(f"{web}/events/")
+        _wait(lambda: (page.reload(), page.locator("#event-table tbody tr").count() == 3)[1], 30,
+              "three events recorded")  # fmt: skip
+        page.fill('input[name="subject"]', f"{base}.*.created")
+        page.click("#filters button[type=submit]")
+        page.wait_for_load_state()
+        assert "subject=" in page.url
+        got = page.eval_on_selector_all(
+            "#event-table td.subject", "els => els.map(e => e.textContent)"
+        )
+        assert got == [f"{base}.us.created", f"{base}.eu.created"]
+        page.fill('input[name="subject"]', f"{base}.>.x")
+        page.click("#filters button[type=submit]")
+        assert "only be the last token" in page.inner_text("#filter-error")
+        page.go_back()
+        assert page.eval_on_selector_all("#event-table td.subject", "els => els.length") == 2
+        # times are the reader's: chromium in Kolkata sees IST (+05:30), ISO on hover
+        kolkata = page.context.browser.new_context(timezone_id="Asia/Kolkata")
+        try:
+            other = kolkata.new_page()
+            _log_in(other, web, alice)
+            other.goto(page.url)
+            cell = other.locator("#event-table time").first
+            iso = cell.get_attribute("datetime")
+            assert iso and iso.endswith("+00:00")  # the server's zone, UTC
+            from datetime import datetime, timedelta, timezone
+
+            shown = datetime.fromisoformat(iso).astimezone(timezone(timedelta(hours=5, minutes=30)))
+            assert cell.inner_text() in (
+                shown.strftime("%Y-%m-%d %H:%M:%S GMT+5:30"),
+                shown.strftime("%Y-%m-%d %H:%M:%S IST"),
+            ), cell.inner_text()
+            assert cell.get_attribute("title") == iso
+        finally:
+            kolkata.close()
+        for width in (1280, 390):
+            page.set_viewport_size({"width": width, "height": 900})
+            page.screenshot(path=str(ARTIFACTS / f"events-{width}.png"), full_page=True)
+            overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"the page scrolls sideways at {width} px"
+    finally:
+        tap.terminate()
+        tap.wait(30)
