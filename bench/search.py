@@ -278,8 +278,7 @@ def generator_hash(events: int) -> str:
     text = Path(__file__).read_text()
     part = text[text.index("# --- generator begin") : text.index("# --- generator end")]
     part = ast.dump(ast.parse(part))  # the code, not its formatting or comments
-    migrations = sorted(p.name for p in (ROOT / "dashboard" / "migrations").glob("0*.py"))
-    return hashlib.sha256(f"{part}{events}{migrations}".encode()).hexdigest()[:12]
+    return hashlib.sha256(f"{part}{events}".encode()).hexdigest()[:12]
 
 
 def stream_seq_offsets(counts: list[int]) -> list[list[int]]:
@@ -363,6 +362,7 @@ class Environment:
             return data
         say(f"using the cached database {self.folder.relative_to(ROOT)}")
         self._start_pg()
+        self.migrate()  # migrations newer than the cache (an index, a function) apply to it
         m = json.loads(meta.read_text())
         return Dataset(m["events"], datetime.fromisoformat(m["end"]), m["generated"])
 
@@ -378,11 +378,7 @@ class Environment:
                 conn.execute(f"ALTER SYSTEM SET {setting}")
         self.pg.stop()
         self._start_pg()
-        env = dict(os.environ, DATABASE_URL=self.url, DJANGO_SETTINGS_MODULE="dashboard.settings")
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=ROOT, env=env, check=True,
-        )  # fmt: skip
+        self.migrate()
         now = datetime.now(UTC)
         end = datetime(now.year, now.month, now.day, tzinfo=UTC)
         data = Dataset(self.events, end)
@@ -437,6 +433,13 @@ class Environment:
             say("VACUUM ANALYZE")
             conn.execute("VACUUM ANALYZE flowscope_event")
             conn.execute("ANALYZE")
+
+    def migrate(self) -> None:
+        env = dict(os.environ, DATABASE_URL=self.url, DJANGO_SETTINGS_MODULE="dashboard.settings")
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT, env=env, check=True,
+        )  # fmt: skip
 
     def close(self) -> None:
         if self.pg is not None:
@@ -502,8 +505,7 @@ def to_sql(p: Mapping[str, str], streams: Mapping[str, int]) -> tuple[str, list[
         path, _, value = p["json"].partition("=")
         # the value's bytes must be in the payload: a cheap test before parsing its JSON
         where.append(
-            "position(%s::bytea in payload) > 0 AND "
-            "convert_from(payload, 'UTF8')::jsonb #>> %s = %s"
+            "position(%s::bytea in payload) > 0 AND flowscope_try_jsonb(payload) #>> %s = %s"
         )
         args += [value.encode(), "{" + path.replace(".", ",") + "}", value]
     order = "seq DESC" if set(p) == {"stream"} else "ts DESC, id DESC"
@@ -528,6 +530,8 @@ class Case:
     times: list[list[float]] = field(default_factory=list)  # per round, ms per input
     baseline: list[float] = field(default_factory=list)
     rows: int = 0  # rows returned over the first round
+    partial: int = 0  # answers of the first round that stopped on the search's time budget
+    error: str = ""  # the first error an input raised (the case then fails)
 
 
 def iso(t: datetime) -> str:
@@ -606,7 +610,18 @@ SEQSCAN = ("SET LOCAL enable_indexscan = off", "SET LOCAL enable_bitmapscan = of
            "SET LOCAL enable_indexonlyscan = off")  # fmt: skip
 
 
-def run_cases(conn: psycopg.Connection[Any], cases: list[Case], args: argparse.Namespace) -> None:
+def searched(p: Mapping[str, str], data: Dataset) -> tuple[float, int, bool]:
+    """One search through the lead's module, as the API runs it: (ms, rows, complete)."""
+    from dashboard.search import parse_filter, search_events
+
+    t0 = time.perf_counter()
+    page = search_events(parse_filter(p), limit=LIMIT, now=data.end)
+    return (time.perf_counter() - t0) * 1000, len(page.items), page.coverage is None
+
+
+def run_cases(
+    conn: psycopg.Connection[Any], cases: list[Case], args: argparse.Namespace, data: Dataset
+) -> None:
     streams = {s.upper(): k + 1 for k, s in enumerate(STREAMS)}
     for r in range(args.rounds):
         for case in cases:
@@ -614,18 +629,32 @@ def run_cases(conn: psycopg.Connection[Any], cases: list[Case], args: argparse.N
             for p in case.inputs:
                 if sum(times) > args.budget * 1000:  # far past its target already
                     break
-                ms, n = timed(conn, *statement(case, p, streams))
+                try:
+                    if args.sql or case.detail:
+                        ms, n = timed(conn, *statement(case, p, streams))
+                        complete = True
+                    else:
+                        ms, n, complete = searched(p, data)
+                except Exception as exc:  # the query is broken: say so, time the others
+                    case.error = case.error or f"{type(exc).__name__}: {exc}".strip()
+                    break
                 times.append(ms)
-                case.rows += n if r == 0 else 0
+                if r == 0:
+                    case.rows += n
+                    case.partial += not complete
             case.times.append(times)
         say(f"round {r + 1}/{args.rounds} done")
     for case in cases:
         say(f"baseline (sequential scan): {case.name}")
         for p in case.inputs[: args.baseline_inputs]:
-            with conn.transaction():
-                for s in SEQSCAN:
-                    conn.execute(s)
-                ms, _ = timed(conn, *statement(case, p, streams))
+            try:
+                with conn.transaction():
+                    for s in SEQSCAN:
+                        conn.execute(s)
+                    ms, _ = timed(conn, *statement(case, p, streams))
+            except psycopg.Error as exc:
+                case.error = case.error or f"seqscan baseline: {type(exc).__name__}: {exc}"
+                break
             case.baseline.append(ms)
 
 
@@ -633,16 +662,43 @@ def run_cases(conn: psycopg.Connection[Any], cases: list[Case], args: argparse.N
 # EXPLAIN summary
 
 
-def explain(conn: psycopg.Connection[Any], case: Case) -> list[str]:
+def explain(conn: psycopg.Connection[Any], case: Case, data: Dataset, plain: bool) -> list[str]:
+    """The plan of the first input: the plain SQL's, or the slowest statement of those the
+    search module ran for it (with how many it ran)."""
     streams = {s.upper(): k + 1 for k, s in enumerate(STREAMS)}
     sql, args = statement(case, case.inputs[0], streams)
+    head = ""
+    if not (plain or case.detail):
+        from django.db import connection
+
+        from dashboard.search import parse_filter, search_events
+
+        ran: list[tuple[float, str, Any]] = []
+
+        def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return execute(sql, params, many, context)
+            finally:
+                ran.append(((time.perf_counter() - t0) * 1000, sql, params))
+
+        with connection.execute_wrapper(wrapper):
+            page = search_events(parse_filter(case.inputs[0]), limit=LIMIT, now=data.end)
+        ran = [r for r in ran if not r[1].lstrip().upper().startswith("SET")]
+        ms, sql, args = max(ran, key=lambda r: r[0])
+        head = (
+            f"\n  dashboard.search: plan '{page.plan}', {len(ran)} statements, "
+            f"{sum(r[0] for r in ran):.1f} ms, {len(page.items)} rows, "
+            f"{'complete' if page.coverage is None else f'stopped: {page.coverage}'}; "
+            f"the slowest statement ({ms:.1f} ms), run again under EXPLAIN:"
+        )
     row = conn.execute(
         "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql,
         args,  # type: ignore[arg-type]
     ).fetchone()
     assert row is not None
     doc = row[0][0]
-    lines = [f"{case.name}: {json.dumps(case.inputs[0])} ({doc['Execution Time']:.1f} ms)"]
+    lines = [f"{case.name}: {json.dumps(case.inputs[0])}{head} ({doc['Execution Time']:.1f} ms)"]
     _plan_lines(doc["Plan"], 1, lines)
     return lines
 
@@ -711,32 +767,45 @@ def report(
     print(f"generation: {data.generated}")
     print(f"sizes: {sizes}")
     print(
-        f"each query: {INPUTS} inputs x {args.rounds} rounds, newest {LIMIT} rows; baseline: the "
-        f"same SQL with index and bitmap scans off, first {args.baseline_inputs} inputs, once"
+        f"each query: {INPUTS} inputs x {args.rounds} rounds, newest {LIMIT} rows, "
+        f"{'as plain SQL (--sql)' if args.sql else 'through dashboard.search.search_events'}; "
+        f"the event detail as plain SQL;\nbaseline: the same filter as one plain SQL query with "
+        f"index and bitmap scans off, first {args.baseline_inputs} inputs, once"
     )
     print()
-    head = ("query", "timed", "p50 ms", "p95 ms", "p95 spread", "rows/q", "seqscan p50", "ratio",
-            "target", "result")  # fmt: skip
-    widths = (34, 6, 8, 8, 10, 7, 12, 7, 10, 6)
+    head = ("query", "timed", "p50 ms", "p95 ms", "p95 spread", "rows/q", "partial",
+            "seqscan p50", "ratio", "target", "result")  # fmt: skip
+    widths = (34, 6, 8, 8, 10, 6, 7, 12, 7, 10, 6)
     print(" ".join(f"{h:>{w}}" if i else f"{h:<{w}}" for i, (h, w) in
                    enumerate(zip(head, widths, strict=True))))  # fmt: skip
     verdicts = []
     for c in cases:
         every = [t for r in c.times for t in r]
+        if not every:
+            verdicts.append((c.name, False))
+            print(f"{c.name:<34} ERROR: {c.error.splitlines()[0]}")
+            continue
         p50, p95 = pct(every, 0.5), pct(every, 0.95)
-        spread = [pct(r, 0.95) for r in c.times]
+        spread = [pct(r, 0.95) for r in c.times if r]
         base = statistics.median(c.baseline) if c.baseline else float("nan")
-        ok = p95 < c.target
+        ok = p95 < c.target and not c.error
         verdicts.append((c.name, ok))
         cells = (c.name, str(len(every)), f"{p50:.1f}", f"{p95:.1f}",
                  f"{min(spread):.0f}-{max(spread):.0f}",
-                 f"{c.rows / len(c.times[0]):.0f}", f"{base:,.0f}", f"{base / p50:,.0f}x",
+                 f"{c.rows / len(c.times[0]):.0f}", str(c.partial), f"{base:,.0f}",
+                 f"{base / p50:,.0f}x",
                  f"< {c.target:.0f} ms", "PASS" if ok else "FAIL")  # fmt: skip
         print(" ".join(f"{x:>{w}}" if i else f"{x:<{w}}" for i, (x, w) in
                        enumerate(zip(cells, widths, strict=True))))  # fmt: skip
+    for c in cases:
+        if c.error and any(c.times):
+            print(
+                f"{c.name}: ERROR (after {sum(map(len, c.times))} timed): {c.error.splitlines()[0]}"
+            )
     print(
         "timed = queries timed (inputs x rounds, fewer when a round passed --budget); "
-        "ratio = seqscan p50 / p50;\np95 spread = the lowest and highest p95 of the rounds"
+        "ratio = seqscan p50 / p50;\np95 spread = the lowest and highest p95 of the rounds; "
+        "partial = answers (round 1) that stopped on the search's time budget with a coverage"
     )
     return verdicts
 
@@ -774,6 +843,9 @@ def main() -> int:
         "--budget", type=float, default=20.0,
         help="seconds a query may take per round; the inputs left are skipped (20)",
     )  # fmt: skip
+    parser.add_argument(
+        "--sql", action="store_true", help="time the plain SQL here, not dashboard.search"
+    )
     parser.add_argument("--explain", action="store_true", help="EXPLAIN one input of each query")
     parser.add_argument("--regenerate", action="store_true", help="ignore the cached database")
     parser.add_argument("--workers", type=int, default=2, help="generating processes (2)")
@@ -796,16 +868,24 @@ def main() -> int:
     verdicts: list[tuple[str, bool]] = []
     try:
         data = environment.start(args.regenerate, args.workers)
+        os.environ["DATABASE_URL"] = environment.url
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+        import django
+
+        django.setup()
         with psycopg.connect(environment.url, autocommit=True) as conn:
             versions, sizes = describe(conn)
             cases = build_cases(conn, data)
-            run_cases(conn, cases, args)
+            run_cases(conn, cases, args, data)
             verdicts = report(args, data, cases, versions, sizes)
             if args.explain:
                 print()
                 print("EXPLAIN (ANALYZE, BUFFERS) of the first input of each query:")
                 for case in cases:
-                    print("\n".join(explain(conn, case)))
+                    try:
+                        print("\n".join(explain(conn, case, data, args.sql)))
+                    except Exception as exc:
+                        print(f"{case.name}: EXPLAIN failed: {type(exc).__name__}: {exc}")
         if args.keep_running:
             print(f"PostgreSQL left running: {environment.url}")
             environment.pg = None
