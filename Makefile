@@ -40,6 +40,7 @@ bench: $(STAMP) $(SCAN_EXT)
 	$(PY) bench/tap_ingest.py $(if $(QUICK),--quick) || status=$$?; \
 	$(PY) bench/demo_saga.py $(if $(QUICK),--quick) || status=$$?; \
 	$(PY) bench/live.py $(if $(QUICK),--quick) || status=$$?; \
+	$(PY) bench/search.py $(if $(QUICK),--quick) || status=$$?; \
 	exit $$status
 
 lint: $(STAMP)
