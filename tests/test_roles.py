@@ -186,3 +186,41 @@ def test_the_audit_page_filters_and_pages(people: dict[str, User]) -> None:
     assert second.count("<tr data-action") == 31  # and the login of force_login
     assert c.get("/audit/", {"since": "yesterday"}).status_code == 400
     assert c.get("/audit/", {"cursor": "x"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"),
+    [
+        (None, {"/api/streams": 401, "/api/events": 401, "/api/audit": 401}),
+        ("vera", {"/api/streams": 200, "/api/events": 200, "/api/audit": 403}),
+        ("oscar", {"/api/streams": 200, "/api/events": 200, "/api/audit": 403}),
+        ("alice", {"/api/streams": 200, "/api/events": 200, "/api/audit": 200}),
+    ],
+)
+def test_the_api_answers_each_persona_by_session_and_by_token(
+    people: dict[str, User], who: str | None, expected: dict[str, int]
+) -> None:
+    by_session = client_for(people[who] if who else None)
+    assert {u: by_session.get(u).status_code for u in expected} == expected
+    if who:
+        token, _ = tokens.create(people[who], "matrix")
+        bearer = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+        assert {u: bearer.get(u).status_code for u in expected} == expected
+
+
+def test_the_api_audit_log_lists_and_filters(people: dict[str, User]) -> None:
+    from dashboard.audit import record
+
+    record(None, "stream.purge", "stream A", user=people["alice"], result="failed", error="boom")
+    record(None, "token.create", "token x", user=people["vera"])
+    c = client_for(people["alice"])
+    body = c.get("/api/audit", {"action": "stream"}).json()
+    assert [(i["action"], i["result"], i["error"]) for i in body["items"]] == [
+        ("stream.purge", "failed", "boom")
+    ]
+    assert [i["user"] for i in c.get("/api/audit", {"user": "vera"}).json()["items"]] == ["vera"]
+    bad = c.get("/api/audit", {"result": "maybe"})
+    assert bad.status_code == 400 and bad.json()["detail"][0]["field"] == "result"
+    with override_settings(FLOWSCOPE_PUBLIC_READ=True):
+        assert Client().get("/api/audit").status_code == 401
+        assert Client().get("/api/streams").status_code == 200

@@ -12,6 +12,7 @@ from typing import Any
 from ninja import NinjaAPI
 
 from dashboard.api import errors
+from dashboard.api.audit import router as audit_router
 from dashboard.api.auth import API_AUTH
 from dashboard.api.docs import VendoredSwagger
 from dashboard.api.events import router as events_router
@@ -35,3 +36,4 @@ api = FlowscopeAPI(
 errors.install(api)
 api.add_router("/streams", streams_router)
 api.add_router("/events", events_router)
+api.add_router("/audit", audit_router)

@@ -60,3 +60,16 @@ class PublicRead:
 
 
 API_AUTH: list[Any] = [SessionAuth(), TokenAuth(), PublicRead()]
+
+
+def need(request: HttpRequest, action: str) -> None:
+    """Ask the role check (dashboard/roles.py) for an operation: 401 when nobody is logged in,
+    403 naming the role it takes otherwise."""
+    user = getattr(request, "user", None)
+    if roles.can(user, action):
+        return
+    if user is None or not user.is_authenticated:
+        raise HttpError(401, "Authentication required: log in, or send Authorization: Bearer")
+    raise HttpError(
+        403, f"This takes the {roles.NEEDS[action]} role; you have {roles.role_of(user)}"
+    )
