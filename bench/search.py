@@ -59,6 +59,10 @@ from eventbus.partitions import Partitions, partition_name  # noqa: E402
 CACHE = ROOT / "bench" / ".cache"
 TARGET_MS = 50.0  # issue #13: p95 of each indexed query
 TARGET_DETAIL_MS = 20.0  # issue #13: p95 of the event detail
+# A JSON field is served by no index (a GIN on the parsed payload costs the tap ~200 µs a row):
+# its promise is the search's time budget (2 s) and an honest coverage when it stops there, plus
+# the second the coverage may take to count what it searched.
+TARGET_SCAN_MS = 3000.0
 LIMIT = 50  # a page
 INPUTS = 40  # inputs per query
 
@@ -580,7 +584,7 @@ def build_cases(conn: psycopg.Connection[Any], data: Dataset) -> list[Case]:
         Case("header tenant=value", [{"header": f"tenant={t}"} for t in tenants], TARGET_MS),
         Case("JSON order.customer.id, last 24 h",
              [{"json": f"order.customer.id={c}", "since": day_ago} for c in cust_ids],
-             TARGET_MS),
+             TARGET_SCAN_MS),
         Case("rare word, last hour",
              [{"text": RARE_WORD, "since": iso(end - timedelta(minutes=60 + 3 * k)),
                "until": iso(end - timedelta(minutes=3 * k))} for k in range(INPUTS)],
