@@ -2,10 +2,17 @@
 // time the last push arrived. htmx's ws extension connects (ws-connect), swaps the pushed
 // fragments in by id (out-of-band) and reconnects by itself after a restart; the server sends
 // the current state on every (re)connect, so the page re-syncs.
+//
+// Flow control: once open, the page tells the server it acknowledges ("flow ack"), then sends
+// "ack" after each message is swapped in and painted. The server keeps at most one message
+// unacknowledged and coalesces what changes meanwhile, so a busy page gets fewer, fresher
+// messages rather than a queue of stale ones (dashboard/live/consumer.py).
 (function () {
   "use strict";
   var badge = null;
   var lastPush = null;
+  var generation = 0; // one per connection: an ack never reaches a later connection
+  var live = window.flowscopeLive = { pushes: 0 };
 
   function show(state, text) {
     badge = badge || document.getElementById("live-status");
@@ -14,20 +21,44 @@
     badge.textContent = text;
   }
 
+  // After the swap is painted (or 250 ms at most: a hidden page paints no frames).
+  function ackAfterPaint(socket) {
+    var mine = generation;
+    var done = false;
+    function ack() {
+      if (done || mine !== generation) return;
+      done = true;
+      socket.send("ack");
+    }
+    requestAnimationFrame(function () { setTimeout(ack, 0); });
+    setTimeout(ack, 250);
+  }
+
   document.addEventListener("htmx:wsConnecting", function () {
     show(document.body.dataset.liveEver ? "reconnecting" : "connecting",
          document.body.dataset.liveEver ? "reconnecting…" : "connecting…");
   });
-  document.addEventListener("htmx:wsOpen", function () {
+  document.addEventListener("htmx:wsOpen", function (evt) {
+    generation += 1;
     document.body.dataset.liveEver = "1";
     show("live", "live");
+    if (evt.detail && evt.detail.socketWrapper) evt.detail.socketWrapper.send("flow ack");
   });
-  document.addEventListener("htmx:wsClose", function () { show("reconnecting", "reconnecting…"); });
+  document.addEventListener("htmx:wsClose", function () {
+    generation += 1;
+    show("reconnecting", "reconnecting…");
+  });
   document.addEventListener("htmx:wsError", function () { show("reconnecting", "reconnecting…"); });
-  document.addEventListener("htmx:wsAfterMessage", function () {
+  document.addEventListener("htmx:wsAfterMessage", function (evt) {
     lastPush = new Date();
-    if (badge) badge.title = "last update " + lastPush.toLocaleTimeString();
-    document.body.dataset.pushes = String(Number(document.body.dataset.pushes || 0) + 1);
+    live.pushes += 1;
+    if (evt.detail && evt.detail.socketWrapper) ackAfterPaint(evt.detail.socketWrapper);
+  });
+  document.addEventListener("mouseover", function (evt) {
+    // the badge's title is set when someone looks, not on every push (no attribute churn)
+    if (badge && lastPush && evt.target === badge) {
+      badge.title = "last update " + lastPush.toLocaleTimeString();
+    }
   });
   document.addEventListener("DOMContentLoaded", function () {
     if (!document.querySelector("[ws-connect]")) show("static", "");
