@@ -55,6 +55,8 @@ def test_an_event_moves_the_overview_without_a_reload(
     stream, subject = f"LIVE_{unique}", f"live.{unique}"
     in_thread(_publish(nats_server.url, stream, subject, 3, create=True))
     tap = tap_process(nats_server.url, database_url, tmp_path / "tap.log")
+    sent: list[str] = []  # what the page says on its websocket
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
     try:
         _log_in(page, web, alice)
         page.evaluate("window.__sameDocument = true")  # gone if the page reloads
@@ -69,6 +71,8 @@ def test_an_event_moves_the_overview_without_a_reload(
         spark = page.locator(f'#streams tr[data-stream="{stream}"] .spark').first
         _wait(lambda: spark.get_attribute("data-y") not in (None, "[]"), 10, "a rate series")
         assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+        # flow control: the page announced it acknowledges, and acknowledged what it got
+        assert sent[0] == "flow ack" and sent.count("ack") >= 2, sent[:5]
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "overview-live.png"), full_page=True)
         print(f"publish to overview: {moved_after * 1000:.0f} ms")
@@ -131,6 +135,45 @@ def test_two_web_processes_both_push_and_a_restarted_one_reconnects_by_itself(
             ctx.close()
         tap.terminate()
         tap.wait(30)
+
+
+def _streams_push(y: list[float], count: int) -> str:
+    """The overview's streams region as a push carries it (out of band, the markup of
+    templates/dashboard/overview.html cut down): one stream, a sparkline of the rate values `y`,
+    the recorded `count`. (A test's fixed markup: no user data in it.)"""
+    x = [1_700_000_000 + 5 * i for i in range(len(y))]
+    return (
+        '<section id="streams-section" hx-swap-oob="true"><table class="data" id="streams"><tbody>'
+        '<tr data-stream="S"><td class="spark-col"><div class="spark" data-chart="spark" '
+        f'data-x="{x}" data-y="{y}" data-unit="msg/s"></div></td>'
+        f'<td class="num" data-field="recorded">{count}</td></tr></tbody></table></section>'
+    )
+
+
+def test_a_pushed_sparkline_keeps_its_chart_and_shows_the_new_data(web, page, alice):
+    _log_in(page, web, alice)
+    page.wait_for_selector("#streams-section")
+    swap = "html => htmx.swap(document.body, html, {swapStyle: 'none'})"  # what a push does
+    page.evaluate(swap, _streams_push([1, 2, 3], 10))
+    page.wait_for_selector("#streams-section .spark canvas")
+    page.evaluate("""() => {
+      const spark = document.querySelector('#streams-section .spark');
+      spark.__marker = 'first';  // survives only if this very element stays
+      window.__canvas = spark.querySelector('canvas');
+    }""")
+    assert page.evaluate("window.flowscopeCharts.count()") == 1
+    page.evaluate(swap, _streams_push([4, 5, 9], 11))
+    kept = page.evaluate("""() => {
+      const spark = document.querySelector('#streams-section .spark');
+      return {marker: spark.__marker || null, sameCanvas: spark.querySelector('canvas') === window.__canvas,
+              data: window.flowscopeCharts.data(spark), y: spark.getAttribute('data-y'),
+              title: spark.title, count: window.flowscopeCharts.count(),
+              recorded: document.querySelector('td[data-field=recorded]').textContent};
+    }""")  # noqa: E501
+    assert kept["recorded"] == "11"  # the region was swapped
+    assert kept["marker"] == "first" and kept["sameCanvas"], kept  # the same chart, kept
+    assert kept["data"][1] == [4, 5, 9] and kept["y"] == "[4, 5, 9]", kept  # with the new data
+    assert kept["title"].startswith("now 9") and kept["count"] == 1, kept
 
 
 def _handshake(url: str, cookie: str | None, origin: str) -> str:

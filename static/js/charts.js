@@ -260,5 +260,9 @@
   }
 
   // For tests and the console: how many charts are alive.
-  window.flowscopeCharts = { count: function () { return charts.size; }, redraw: start };
+  window.flowscopeCharts = {
+    count: function () { return charts.size; },
+    redraw: start,
+    data: function (el) { var c = charts.get(el); return c ? c.plot.data : null; },
+  };
 })();

@@ -4,7 +4,7 @@
 // the current state on every (re)connect, so the page re-syncs.
 //
 // Flow control: once open, the page tells the server it acknowledges ("flow ack"), then sends
-// "ack" after each message is swapped in and painted. The server keeps at most one message
+// "ack" after each message is swapped in. The server keeps at most one message
 // unacknowledged and coalesces what changes meanwhile, so a busy page gets fewer, fresher
 // messages rather than a queue of stale ones (dashboard/live/consumer.py).
 (function () {
@@ -21,17 +21,10 @@
     badge.textContent = text;
   }
 
-  // After the swap is painted (or 250 ms at most: a hidden page paints no frames).
-  function ackAfterPaint(socket) {
+  // Once the task that swapped the message in is over (a page busy rendering acks later).
+  function ack(socket) {
     var mine = generation;
-    var done = false;
-    function ack() {
-      if (done || mine !== generation) return;
-      done = true;
-      socket.send("ack");
-    }
-    requestAnimationFrame(function () { setTimeout(ack, 0); });
-    setTimeout(ack, 250);
+    setTimeout(function () { if (mine === generation) socket.send("ack"); }, 0);
   }
 
   document.addEventListener("htmx:wsConnecting", function () {
@@ -52,7 +45,7 @@
   document.addEventListener("htmx:wsAfterMessage", function (evt) {
     lastPush = new Date();
     live.pushes += 1;
-    if (evt.detail && evt.detail.socketWrapper) ackAfterPaint(evt.detail.socketWrapper);
+    if (evt.detail && evt.detail.socketWrapper) ack(evt.detail.socketWrapper);
   });
   document.addEventListener("mouseover", function (evt) {
     // the badge's title is set when someone looks, not on every push (no attribute churn)
