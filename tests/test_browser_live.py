@@ -137,43 +137,64 @@ def test_two_web_processes_both_push_and_a_restarted_one_reconnects_by_itself(
         tap.wait(30)
 
 
-def _streams_push(y: list[float], count: int) -> str:
-    """The overview's streams region as a push carries it (out of band, the markup of
-    templates/dashboard/overview.html cut down): one stream, a sparkline of the rate values `y`,
-    the recorded `count`. (A test's fixed markup: no user data in it.)"""
-    x = [1_700_000_000 + 5 * i for i in range(len(y))]
+def _streams_push(*rows: tuple[str, list[float], int]) -> str:
+    """The overview's streams region as a push carries it (out of band; the markup of
+    templates/dashboard/overview.html cut down): per row a stream, a sparkline of the rate
+    values `y` and the recorded count. (A test's fixed markup: no user data in it.)"""
+    cells = []
+    for stream, y, count in rows:
+        x = [1_700_000_000 + 5 * i for i in range(len(y))]
+        cells.append(
+            f'<tr data-stream="{stream}"><td class="spark-col"><div class="spark" '
+            f'data-chart="spark" data-x="{x}" data-y="{y}" data-unit="msg/s"></div></td>'
+            f'<td class="num" data-field="recorded">{count}</td></tr>'
+        )
     return (
-        '<section id="streams-section" hx-swap-oob="true"><table class="data" id="streams"><tbody>'
-        '<tr data-stream="S"><td class="spark-col"><div class="spark" data-chart="spark" '
-        f'data-x="{x}" data-y="{y}" data-unit="msg/s"></div></td>'
-        f'<td class="num" data-field="recorded">{count}</td></tr></tbody></table></section>'
+        '<section id="streams-section" hx-swap-oob="true"><table class="data" id="streams">'
+        f"<tbody>{''.join(cells)}</tbody></table></section>"
     )
 
 
-def test_a_pushed_sparkline_keeps_its_chart_and_shows_the_new_data(web, page, alice):
+SPARK_STATE = """(stream) => {
+  const spark = document.querySelector(`tr[data-stream="${stream}"] .spark`);
+  return {marker: spark.__marker || null, sameCanvas: spark.querySelector('canvas') === window.__canvas,
+          data: window.flowscopeCharts.data(spark), y: spark.getAttribute('data-y'),
+          title: spark.title, charts: window.flowscopeCharts.count(),
+          section: document.querySelector('#streams-section').__marker || null,
+          recorded: document.querySelector(`tr[data-stream="${stream}"] td[data-field=recorded]`).textContent};
+}"""  # noqa: E501
+
+
+def test_a_push_patches_the_page_in_place_and_keeps_its_charts(web, page, alice):
     _log_in(page, web, alice)
     page.wait_for_selector("#streams-section")
     swap = "html => htmx.swap(document.body, html, {swapStyle: 'none'})"  # what a push does
-    page.evaluate(swap, _streams_push([1, 2, 3], 10))
+    page.evaluate(swap, _streams_push(("S", [1, 2, 3], 10)))
     page.wait_for_selector("#streams-section .spark canvas")
     page.evaluate("""() => {
       const spark = document.querySelector('#streams-section .spark');
-      spark.__marker = 'first';  // survives only if this very element stays
+      spark.__marker = 'kept';  // these survive only if the very elements stay
+      document.querySelector('#streams-section').__marker = 'kept';
       window.__canvas = spark.querySelector('canvas');
     }""")
     assert page.evaluate("window.flowscopeCharts.count()") == 1
-    page.evaluate(swap, _streams_push([4, 5, 9], 11))
-    kept = page.evaluate("""() => {
-      const spark = document.querySelector('#streams-section .spark');
-      return {marker: spark.__marker || null, sameCanvas: spark.querySelector('canvas') === window.__canvas,
-              data: window.flowscopeCharts.data(spark), y: spark.getAttribute('data-y'),
-              title: spark.title, count: window.flowscopeCharts.count(),
-              recorded: document.querySelector('td[data-field=recorded]').textContent};
-    }""")  # noqa: E501
-    assert kept["recorded"] == "11"  # the region was swapped
-    assert kept["marker"] == "first" and kept["sameCanvas"], kept  # the same chart, kept
-    assert kept["data"][1] == [4, 5, 9] and kept["y"] == "[4, 5, 9]", kept  # with the new data
-    assert kept["title"].startswith("now 9") and kept["count"] == 1, kept
+
+    # the same shape, new figures: patched in place, the chart takes the new data
+    page.evaluate(swap, _streams_push(("S", [4, 5, 9], 11)))
+    now = page.evaluate(SPARK_STATE, "S")
+    assert now["recorded"] == "11" and now["section"] == "kept", now
+    assert now["marker"] == "kept" and now["sameCanvas"], now  # the same chart
+    assert now["data"][1] == [4, 5, 9] and now["y"] == "[4, 5, 9]", now  # with the new data
+    assert now["title"].startswith("now 9") and now["charts"] == 1, now
+
+    # a row more: htmx swaps the region whole, and the chart of S is still kept
+    page.evaluate(swap, _streams_push(("S", [4, 5, 7], 12), ("T", [1, 1, 1], 1)))
+    page.wait_for_selector('tr[data-stream="T"] .spark canvas')
+    now = page.evaluate(SPARK_STATE, "S")
+    assert now["recorded"] == "12" and now["section"] is None, now  # swapped
+    assert now["marker"] == "kept" and now["sameCanvas"], now
+    assert now["data"][1] == [4, 5, 7] and now["charts"] == 2, now
+    assert page.evaluate("window.flowscopeLive.patched") >= 1
 
 
 def _handshake(url: str, cookie: str | None, origin: str) -> str:

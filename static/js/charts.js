@@ -8,11 +8,12 @@
  *                       with axes, a legend, and the x axis in the browser's local time
  *
  * Charts are drawn on load and whenever htmx adds content (htmx:load fires for every element
- * an htmx swap inserts, out-of-band swaps from the websocket included). A live push replaces a
- * whole region, but a chart in it is kept: before the swap, each drawn chart of the old region
- * takes the new data (uPlot setData) and the data-* attributes of its counterpart in the
- * incoming HTML (same row or region, same place), and stands in for it, so a push costs no new
- * uPlot, canvas or layout. A chart whose series changed (a consumer came or went) is drawn anew.
+ * an htmx swap inserts, out-of-band swaps from the websocket included). A live push keeps the
+ * charts it finds (static/js/live.js): a drawn chart takes the new data (uPlot setData) and the
+ * data-* attributes of its counterpart in the pushed HTML (same row or region, same place), in
+ * place when live.js patches the region, or standing in for its counterpart when htmx swaps
+ * the region whole; a push costs no new uPlot, canvas or layout. A chart whose series changed
+ * (a consumer came or went) is drawn anew.
  * A chart's uPlot and its ResizeObserver are destroyed when htmx removes its element, and any
  * chart whose element left the document is swept on the next load, so hours of pushes leak
  * nothing. Width follows the container. No inline script anywhere: configuration is in the
@@ -156,13 +157,20 @@
     charts.set(el, chart);
   }
 
-  // Give the drawn chart `el` what `incoming` (its counterpart in a pushed region) shows:
-  // its attributes and its data, in place. False when it cannot (another kind of chart, other
-  // series, too few points): then the incoming element is drawn anew.
-  function update(el, incoming) {
+  // Whether the drawn chart `el` can show what `incoming` (its counterpart in a pushed region)
+  // says in place: not for another kind of chart, other series, or too few points.
+  function accepts(el, incoming) {
     var chart = charts.get(el);
     var want = specOf(incoming);
-    if (!chart || !want || want.kind !== chart.kind || want.names !== chart.names) return false;
+    return !!(chart && want && want.kind === chart.kind && want.names === chart.names);
+  }
+
+  // Give the drawn chart `el` what `incoming` shows: its attributes and its data, in place.
+  // False when it cannot (see accepts): then the incoming element is drawn anew.
+  function update(el, incoming) {
+    if (!accepts(el, incoming)) return false;
+    var chart = charts.get(el);
+    var want = specOf(incoming);
     var changed = false;
     Array.prototype.forEach.call(incoming.attributes, function (a) {
       if (el.getAttribute(a.name) !== a.value) {
@@ -192,8 +200,9 @@
     return (name ? name + "=" + owner.getAttribute(name) : "") + "#" + index;
   }
 
-  // Before a pushed region replaces `target`: each drawn chart in it is updated in place and
-  // moved into the incoming HTML instead of its counterpart, so the swap keeps it.
+  // Before a pushed region replaces `target` (live.js calls it): each drawn chart in it is
+  // updated in place and moved into the incoming HTML instead of its counterpart, so the swap
+  // keeps it.
   function keepCharts(target, incomingRoot) {
     var kept = new Map();
     target.querySelectorAll("[data-chart]").forEach(function (el) {
@@ -247,9 +256,7 @@
     if (target.hasAttribute("data-range") &&
         incoming.getAttribute("data-range") !== target.getAttribute("data-range")) {
       evt.detail.shouldSwap = false;
-      return;
     }
-    keepCharts(target, incoming);
   });
 
   function start() { drawWithin(document.body); }
@@ -264,5 +271,9 @@
     count: function () { return charts.size; },
     redraw: start,
     data: function (el) { var c = charts.get(el); return c ? c.plot.data : null; },
+    // for live.js, which patches a pushed region in place or, when it cannot, keeps its charts
+    accepts: accepts,
+    update: update,
+    keep: keepCharts,
   };
 })();
