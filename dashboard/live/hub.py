@@ -6,8 +6,9 @@ Every `tick` seconds each dirty topic that a socket of this process watches is r
 (a few indexed queries, whatever the number of sockets or events), split into its out-of-band
 roots (`split_roots`) and sent to that topic's Channels group; each socket then coalesces what
 it receives (latest state wins) to at most a few updates a second, and sends a browser only the
-roots that differ from what that browser already shows (dashboard/live/consumer.py). Watched topics are also refreshed every
-`refresh` seconds, so ages and a tap that stopped committing (no digests at all) show on screen.
+roots that differ from what that browser already shows (dashboard/live/consumer.py). Watched
+topics are also refreshed every `refresh` seconds, so ages and a tap that stopped committing
+(no digests at all) show on screen.
 No database polling per client and no Redis: two web processes each hold their own
 subscription and fan out to their own sockets through the in-memory channel layer.
 """
