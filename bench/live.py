@@ -14,8 +14,9 @@ in once over HTTP, and measures two things in one run:
    first time that page showed a counter >= seq, minus the time (time.time(), the same clock as
    Date.now() on this machine) the bench published it; over every (page, event) pair. Baseline in
    the same run: publish -> the tap's digest (this process' own subscriber on
-   `<prefix>.digest.events`, the first digest whose last_seq >= seq), so the web process' and the
-   browser's share is the difference; and the digest rate (digests/s).
+   `<prefix>.digest.events`, the first digest whose last_seq >= seq), and publish -> one script's
+   websocket on the same topic beside the pages (as in 2.), so the tap's, the web process' and
+   the browser's shares can be told apart; and the digest rate (digests/s).
 
 2. A web process under 200 sockets. The browser is closed; 200 websockets (autobahn's asyncio
    client, the session cookie and an allowed Origin) watch the overview while the publisher sends
@@ -488,6 +489,7 @@ class PageRun:
     cpu: CpuMeter
     drift: Drift
     silence: float  # the longest time any page went without a push, in the window
+    socket_latencies: list[float]  # publish -> a script's socket on the same page's topic
 
 
 async def pages_run(
@@ -522,6 +524,8 @@ async def pages_run(
             for page in pages:
                 await page.wait_for_selector(f'#streams tr[data-stream="{stream}"]', timeout=30_000)
                 await page.wait_for_selector('#live-status[data-state="live"]', timeout=30_000)
+            # beside the pages, one script's socket on the same topic: the web process' share
+            probe = (await open_sockets(env, cookie, stream, 1))[0]
             await asyncio.sleep(SETTLE)  # the pages' loading is over before the publisher starts
             say(f"{args.pages} pages live; {PAGE_RATE:,}/s for {args.latency_seconds:g} s")
             browser_pid = os.getpid()
@@ -546,6 +550,7 @@ async def pages_run(
             with contextlib.suppress(TimeoutError):
                 await wait_for(caught_up, 15, "every page shows the last event", env)
             records = [await p.evaluate("window.__bench") for p in pages]
+            await close_sockets([probe])
         finally:
             await browser.close()
     await watch.sub.unsubscribe()
@@ -562,12 +567,15 @@ async def pages_run(
         missed += miss
         caught += not miss
     digest_lat, _ = first_shown(watch.seen, published.sent, seqs)
+    probe_shown = [(t, v) for t, v in zip(probe.arrived, probe.shown, strict=True) if v >= 0]
+    probe_lat, _ = first_shown(probe_shown, published.sent, seqs)
     window = (published.start + WARMUP, end)
     pushes = [sum(window[0] <= t / 1000 < window[1] for t in r["pushed"]) for r in records]
     silence = max(longest_gap([t / 1000 for t in r["pushed"]], window) for r in records)
     return PageRun(
         published, sorted(latencies), missed, sorted(digest_lat), watch.rate(*window),
         sorted(n / (window[1] - window[0]) for n in pushes), caught, cpu, drift, silence,
+        sorted(probe_lat),
     )  # fmt: skip
 
 
@@ -828,6 +836,10 @@ def report(args: argparse.Namespace, pages: PageRun, soak: SoakRun, versions: st
         f"page {pages.drift.text()}"
     )
     print(
+        "   publish -> a script's socket beside the pages p50/p95/p99/max "
+        f"{ms(pages.socket_latencies, (0.5, 0.95, 0.99, 1.0))}"
+    )
+    print(
         f"   pushes per page per second: mean {push_mean:.2f}, min {pages.pushes_per_page[0]:.2f}, "
         f"max {pages.pushes_per_page[-1]:.2f}, longest silence {pages.silence:.2f} s; "
         f"tap digests {pages.digest_rate:.2f}/s; "
@@ -864,6 +876,9 @@ def report(args: argparse.Namespace, pages: PageRun, soak: SoakRun, versions: st
               f"digest {ms(pages.digest_latencies)}",
               f"{page95 / digest95:.1f}", f"p95 < {TARGET_P95 * 1000:.0f} ms",
               page95 < TARGET_P95 and not pages.missed),
+        Check("publish -> socket beside the pages p50 / p95", ms(pages.socket_latencies),
+              f"digest {ms(pages.digest_latencies)}",
+              f"{pct(pages.socket_latencies, 0.95) / digest95:.1f}", "none stated", None),
         Check(f"pushes per page per s ({args.pages} pages), mean", f"{push_mean:.2f}/s",
               f"digests {pages.digest_rate:.2f}/s",
               f"{push_mean / max(pages.digest_rate, 1e-9):.2f}", "none stated", None),

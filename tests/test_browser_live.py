@@ -55,6 +55,8 @@ def test_an_event_moves_the_overview_without_a_reload(
     stream, subject = f"LIVE_{unique}", f"live.{unique}"
     in_thread(_publish(nats_server.url, stream, subject, 3, create=True))
     tap = tap_process(nats_server.url, database_url, tmp_path / "tap.log")
+    sent: list[str] = []  # what the page says on its websocket
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
     try:
         _log_in(page, web, alice)
         page.evaluate("window.__sameDocument = true")  # gone if the page reloads
@@ -69,6 +71,8 @@ def test_an_event_moves_the_overview_without_a_reload(
         spark = page.locator(f'#streams tr[data-stream="{stream}"] .spark').first
         _wait(lambda: spark.get_attribute("data-y") not in (None, "[]"), 10, "a rate series")
         assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+        # flow control: the page announced it acknowledges, and acknowledged what it got
+        assert sent[0] == "flow ack" and sent.count("ack") >= 2, sent[:5]
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "overview-live.png"), full_page=True)
         print(f"publish to overview: {moved_after * 1000:.0f} ms")
@@ -131,6 +135,66 @@ def test_two_web_processes_both_push_and_a_restarted_one_reconnects_by_itself(
             ctx.close()
         tap.terminate()
         tap.wait(30)
+
+
+def _streams_push(*rows: tuple[str, list[float], int]) -> str:
+    """The overview's streams region as a push carries it (out of band; the markup of
+    templates/dashboard/overview.html cut down): per row a stream, a sparkline of the rate
+    values `y` and the recorded count. (A test's fixed markup: no user data in it.)"""
+    cells = []
+    for stream, y, count in rows:
+        x = [1_700_000_000 + 5 * i for i in range(len(y))]
+        cells.append(
+            f'<tr data-stream="{stream}"><td class="spark-col"><div class="spark" '
+            f'data-chart="spark" data-x="{x}" data-y="{y}" data-unit="msg/s"></div></td>'
+            f'<td class="num" data-field="recorded">{count}</td></tr>'
+        )
+    return (
+        '<section id="streams-section" hx-swap-oob="true"><table class="data" id="streams">'
+        f"<tbody>{''.join(cells)}</tbody></table></section>"
+    )
+
+
+SPARK_STATE = """(stream) => {
+  const spark = document.querySelector(`tr[data-stream="${stream}"] .spark`);
+  return {marker: spark.__marker || null, sameCanvas: spark.querySelector('canvas') === window.__canvas,
+          data: window.flowscopeCharts.data(spark), y: spark.getAttribute('data-y'),
+          title: spark.title, charts: window.flowscopeCharts.count(),
+          section: document.querySelector('#streams-section').__marker || null,
+          recorded: document.querySelector(`tr[data-stream="${stream}"] td[data-field=recorded]`).textContent};
+}"""  # noqa: E501
+
+
+def test_a_push_patches_the_page_in_place_and_keeps_its_charts(web, page, alice):
+    _log_in(page, web, alice)
+    page.wait_for_selector("#streams-section")
+    swap = "html => htmx.swap(document.body, html, {swapStyle: 'none'})"  # what a push does
+    page.evaluate(swap, _streams_push(("S", [1, 2, 3], 10)))
+    page.wait_for_selector("#streams-section .spark canvas")
+    page.evaluate("""() => {
+      const spark = document.querySelector('#streams-section .spark');
+      spark.__marker = 'kept';  // these survive only if the very elements stay
+      document.querySelector('#streams-section').__marker = 'kept';
+      window.__canvas = spark.querySelector('canvas');
+    }""")
+    assert page.evaluate("window.flowscopeCharts.count()") == 1
+
+    # the same shape, new figures: patched in place, the chart takes the new data
+    page.evaluate(swap, _streams_push(("S", [4, 5, 9], 11)))
+    now = page.evaluate(SPARK_STATE, "S")
+    assert now["recorded"] == "11" and now["section"] == "kept", now
+    assert now["marker"] == "kept" and now["sameCanvas"], now  # the same chart
+    assert now["data"][1] == [4, 5, 9] and now["y"] == "[4, 5, 9]", now  # with the new data
+    assert now["title"].startswith("now 9") and now["charts"] == 1, now
+
+    # a row more: htmx swaps the region whole, and the chart of S is still kept
+    page.evaluate(swap, _streams_push(("S", [4, 5, 7], 12), ("T", [1, 1, 1], 1)))
+    page.wait_for_selector('tr[data-stream="T"] .spark canvas')
+    now = page.evaluate(SPARK_STATE, "S")
+    assert now["recorded"] == "12" and now["section"] is None, now  # swapped
+    assert now["marker"] == "kept" and now["sameCanvas"], now
+    assert now["data"][1] == [4, 5, 7] and now["charts"] == 2, now
+    assert page.evaluate("window.flowscopeLive.patched") >= 1
 
 
 def _handshake(url: str, cookie: str | None, origin: str) -> str:

@@ -15,7 +15,7 @@ from channels.testing import WebsocketCommunicator
 
 from dashboard.live import hub as hub_module
 from dashboard.live.consumer import LiveConsumer
-from dashboard.live.hub import LiveHub, dirty_topics, group_name
+from dashboard.live.hub import LiveHub, dirty_topics, group_name, split_roots
 from dashboard.live.topics import parse_topic, parse_topics
 from dashboard.pages.overview import kind_of, rate_series, recent_rate, trend
 
@@ -50,6 +50,24 @@ def test_a_digest_dirties_the_pages_that_show_what_it_changed():
         "overview", "topology", "stream:ORDERS", "consumer:ORDERS:inventory", "consumer:ORDERS:old",
     }  # fmt: skip
     assert dirty_topics("flowscope.digest.events", {"streams": ["odd"]}) == {"overview", "topology"}
+
+
+def test_a_rendering_splits_into_its_out_of_band_roots():
+    html = (
+        '\n<section id="taps-section" hx-swap-oob="true"><p title="a &gt; b">x</p></section>\n'
+        '<section id="streams-section" class="r" hx-swap-oob="true"><div data-id="no">'
+        "<b>y</b></div></section>"
+        '<script type="application/json" id="data" hx-swap-oob="true">{"a":"\\u003c"}</script>'
+    )
+    parts = split_roots(html)
+    assert [i for i, _ in parts] == ["taps-section", "streams-section", "data"]
+    assert "".join(h for _, h in parts) == html  # nothing lost, nothing added
+    assert parts[1][1].startswith('<section id="streams-section"')
+    # no roots, a root without an id, or two with one id: one part, sent whole every time
+    assert split_roots("<p>plain</p>") == [(None, "<p>plain</p>")]
+    twice = '<a id="x" hx-swap-oob="true">1</a><b id="x" hx-swap-oob="true">2</b>'
+    for odd in ('<a hx-swap-oob="true">1</a>', twice):
+        assert split_roots(odd) == [(None, odd)]
 
 
 def test_rates_trends_and_store_names():
@@ -188,5 +206,80 @@ async def test_the_hub_survives_a_nats_restart(live_hub, nats_server):
     deadline = time.monotonic() + 20
     while not await pushed():
         assert time.monotonic() < deadline, "no push after NATS came back"
+    await nc.close()
+    await socket.disconnect()
+
+
+@pytest.fixture
+async def two_root_hub(nats_server, settings):
+    """A hub whose topic renders two roots: `#still` never changes, `#moving` counts renders."""
+    renders: list[str] = []
+
+    def render(topic: str) -> str:
+        renders.append(topic)
+        return (
+            f'<section id="still" hx-swap-oob="true">{"s" * 2000}</section>'
+            f'<section id="moving" hx-swap-oob="true">{topic} {len(renders)}</section>'
+        )
+
+    hub = LiveHub(nats_server.url, "flowscope", tick=0.05, refresh=60, render=render)
+    previous, hub_module._hub = hub_module._hub, hub
+    yield hub
+    hub_module._hub = previous
+    if hub.task is not None:
+        hub.task.cancel()
+        await asyncio.gather(hub.task, return_exceptions=True)
+
+
+async def _digest(nc) -> None:
+    await nc.publish("flowscope.digest.events", b'{"kind": "events", "streams": {}}')
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_a_push_carries_only_the_roots_that_changed(two_root_hub, nats_server):
+    socket = _socket(await _user("dora"))
+    assert (await socket.connect())[0]
+    first = await socket.receive_from(timeout=5)
+    assert 'id="still"' in first and 'id="moving"' in first  # the full state on connect
+    nc = await nats.connect(nats_server.url)
+    await asyncio.sleep(0.3)
+    await _digest(nc)
+    pushed = await socket.receive_from(timeout=5)
+    assert 'id="moving"' in pushed and "overview 2" in pushed
+    assert 'id="still"' not in pushed  # unchanged since this socket got it: not sent again
+    # a socket that connects now still gets the whole state
+    late = _socket(await _user("erin"))
+    assert (await late.connect())[0]
+    full = await late.receive_from(timeout=5)
+    assert 'id="still"' in full and 'id="moving"' in full
+    await nc.close()
+    await socket.disconnect()
+    await late.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_a_page_that_acknowledges_has_one_message_in_flight_and_gets_the_latest(
+    live_hub, nats_server
+):
+    socket = _socket(await _user("fred"))
+    assert (await socket.connect())[0]
+    await socket.send_to(text_data="flow ack")  # what static/js/live.js says once open
+    await socket.receive_from(timeout=5)  # the state on connect: not acknowledged yet
+    nc = await nats.connect(nats_server.url)
+    await asyncio.sleep(0.3)
+    for _ in range(20):  # a second of changes while the page is busy with the first message
+        await _digest(nc)
+        await asyncio.sleep(0.05)
+    assert await socket.receive_nothing(timeout=0.5, interval=0.02)  # nothing queued for it
+    renders = len(live_hub.renders_log)
+    await socket.send_to(text_data="ack")
+    latest = await socket.receive_from(timeout=2)  # at once, and the newest state
+    assert latest.endswith(f"overview {renders}</div>")
+    assert await socket.receive_nothing(timeout=0.5, interval=0.02)  # again: one in flight
+    await socket.send_to(text_data="ack")
+    await _digest(nc)
+    assert "overview" in await socket.receive_from(timeout=5)  # acknowledged: pushes go on
     await nc.close()
     await socket.disconnect()

@@ -5,6 +5,16 @@ browser sees a 403), and only from an allowed origin (asgi.py). On connect the s
 topics' groups and gets each topic's current HTML at once, so a page that reconnects after a
 web restart re-syncs by itself. Pushes are coalesced per socket: the latest HTML per topic wins
 and at most one message goes out every `MIN_INTERVAL` seconds, however fast events arrive.
+
+A message carries only the roots (a page's live partials, by id) whose HTML differs from what
+this socket last sent of them: a counter that moved swaps its section, not the whole page.
+
+Flow control: a page's script (static/js/live.js) says `flow ack` once open, then `ack` after
+it has swapped each message in. Such a socket never has more than one message unacknowledged:
+what changes meanwhile waits here, coalesced (latest state wins), and a page slower than the
+pushes gets fewer, fresher messages instead of a growing queue of stale ones. (A socket that
+never says `flow ack`, e.g. a script's, is sent every interval as before.) A page whose ack
+does not come within `ACK_TIMEOUT` is sent the latest state all the same.
 """
 
 from __future__ import annotations
@@ -17,11 +27,12 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from dashboard.live.hub import group_name, hub
+from dashboard.live.hub import Parts, group_name, hub
 from dashboard.live.topics import parse_topics
 
 log = logging.getLogger("flowscope.live")
 MIN_INTERVAL = 0.25  # seconds between two messages to one socket: at most 4 a second
+ACK_TIMEOUT = 5.0  # seconds a page may take to acknowledge a message
 
 clients = 0  # open sockets in this process (for /metrics)
 
@@ -38,8 +49,12 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.close()
             return
         global clients
-        self.latest: dict[str, str] = {}
+        self.latest: dict[str, Parts] = {}  # topic -> its newest rendering, not sent yet
+        self.shown: dict[tuple[str, str], str] = {}  # (topic, root id) -> HTML sent
         self.pending = asyncio.Event()
+        self.acked = asyncio.Event()
+        self.acking = False  # the page acknowledges each message
+        self.unacked = 0
         self.sent = 0
         await self.accept()
         clients += 1
@@ -49,9 +64,9 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             self.live.watch(topic)
         self.flusher = asyncio.create_task(self._flush(), name="live socket")
         for topic in self.topics:  # (re)sync: the state now, without waiting for a change
-            html = await self.live.render(topic, fresh_for=self.live.tick)
-            if html is not None:
-                self.latest.setdefault(topic, html)
+            parts = await self.live.render(topic, fresh_for=self.live.tick)
+            if parts is not None:
+                self.latest.setdefault(topic, parts)
                 self.pending.set()
 
     async def disconnect(self, code: int) -> None:
@@ -67,12 +82,31 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             self.live.unwatch(topic)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        return None  # pages only listen
+        """Pages only listen, but acknowledge what they swapped in (flow control)."""
+        if text_data == "ack":
+            self.unacked = max(0, self.unacked - 1)
+            self.acked.set()
+        elif text_data == "flow ack":
+            self.acking = True
 
     async def live_push(self, event: dict[str, Any]) -> None:
         """From the hub, through the topic's group: keep the latest, the flusher sends it."""
-        self.latest[event["topic"]] = event["html"]
+        self.latest[event["topic"]] = event["parts"]
         self.pending.set()
+
+    def _changed(self, batch: dict[str, Parts]) -> str:
+        """The roots of `batch` that differ from what this socket sent of them, as one message
+        (roots without an id: always), and remember them as sent."""
+        out = []
+        for topic in sorted(batch):
+            for root, html in batch[topic]:
+                if root is not None:
+                    before = self.shown.get((topic, root))
+                    if before is html or before == html:
+                        continue
+                    self.shown[(topic, root)] = html
+                out.append(html)
+        return "".join(out)
 
     async def _flush(self) -> None:
         last = 0.0
@@ -81,9 +115,18 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             wait = last + MIN_INTERVAL - time.monotonic()
             if wait > 0:  # at most one message per MIN_INTERVAL, counted from the last one
                 await asyncio.sleep(wait)
+            while self.acking and self.unacked:  # one message in flight at most
+                self.acked.clear()
+                try:
+                    async with asyncio.timeout(ACK_TIMEOUT):
+                        await self.acked.wait()
+                except TimeoutError:
+                    self.unacked = 0  # a page that lost count: go on, the latest state
             self.pending.clear()
             batch, self.latest = self.latest, {}
-            if batch:
+            message = self._changed(batch)
+            if message:
                 last = time.monotonic()
-                await self.send(text_data="".join(batch[t] for t in sorted(batch)))
+                self.unacked += 1
+                await self.send(text_data=message)
                 self.sent += 1

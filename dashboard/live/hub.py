@@ -3,10 +3,12 @@
 
 A digest marks topics dirty (`overview`, `topology`, `stream:<name>`, `consumer:<stream>:<name>`).
 Every `tick` seconds each dirty topic that a socket of this process watches is rendered ONCE
-(a few indexed queries, whatever the number of sockets or events) and sent to that topic's
-Channels group; each socket then coalesces what it receives (latest state wins) to at most a few
-updates a second (dashboard/live/consumer.py). Watched topics are also refreshed every
-`refresh` seconds, so ages and a tap that stopped committing (no digests at all) show on screen.
+(a few indexed queries, whatever the number of sockets or events), split into its out-of-band
+roots (`split_roots`) and sent to that topic's Channels group; each socket then coalesces what
+it receives (latest state wins) to at most a few updates a second, and sends a browser only the
+roots that differ from what that browser already shows (dashboard/live/consumer.py). Watched
+topics are also refreshed every `refresh` seconds, so ages and a tap that stopped committing
+(no digests at all) show on screen.
 No database polling per client and no Redis: two web processes each hold their own
 subscription and fan out to their own sockets through the in-memory channel layer.
 """
@@ -18,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +35,35 @@ from dashboard.live.topics import renderer
 from eventbus.natsconn import servers
 
 log = logging.getLogger("flowscope.live")
+
+# A rendered topic is the concatenation of its partials' roots, each start tag marked
+# `hx-swap-oob` (no root nests another). Attribute values are escaped (a `>` in one is `&gt;`),
+# so a start tag ends at the first `>`.
+_ROOT = re.compile(r'<[A-Za-z][\w-]*\s[^>]*?\bhx-swap-oob="[^"]*"[^>]*>')
+_ID = re.compile(r'\sid="([^"]*)"')
+
+Parts = list[tuple[str | None, str]]  # (root id, its HTML): a topic's rendering, split
+
+
+def split_roots(html: str) -> Parts:
+    """A topic's HTML as its out-of-band roots, each with its id (pure: unit-tested). Each part
+    runs from one root's start tag to the next one's; what comes before the first root goes
+    with it. Without roots, or when two roots share an id or one has none, the HTML is one
+    part with no id (sent whole, every time)."""
+    starts = [m.start() for m in _ROOT.finditer(html)]
+    if not starts:
+        return [(None, html)]
+    starts[0] = 0
+    parts: Parts = []
+    for a, b in zip(starts, [*starts[1:], len(html)], strict=True):
+        chunk = html[a:b]
+        tag = _ROOT.search(chunk)
+        found = _ID.search(tag.group()) if tag else None
+        parts.append((found.group(1) if found else None, chunk))
+    ids = [i for i, _ in parts]
+    if None in ids or len(set(ids)) != len(ids):
+        return [(None, html)]
+    return parts
 
 
 def group_name(topic: str) -> str:
@@ -78,7 +110,7 @@ class LiveHub:
         self.nc: Client | None = None
         self.connected = False
         self.last_push = 0.0
-        self.cache: dict[str, tuple[float, str | None]] = {}  # topic -> (when, html)
+        self.cache: dict[str, tuple[float, Parts | None]] = {}  # topic -> (when, parts)
         # figures for /metrics and the live benchmark
         self.digests = 0
         self.renders = 0
@@ -95,16 +127,22 @@ class LiveHub:
             del self.watched[topic]
             self.cache.pop(topic, None)
 
-    async def render(self, topic: str, fresh_for: float = 0.0) -> str | None:
-        """The topic's live HTML now. `fresh_for`: a rendering at most that old will do (a
-        socket that (re)connects: after a web restart they all do at once, and share one)."""
+    async def render(self, topic: str, fresh_for: float = 0.0) -> Parts | None:
+        """The topic's live HTML now, split into its roots. `fresh_for`: a rendering at most
+        that old will do (a socket that (re)connects: after a web restart they all do at once,
+        and share one). A root whose HTML is the same as in the last rendering is that very
+        string, so a socket tells it unchanged by identity."""
         cached = self.cache.get(topic)
         if fresh_for and cached is not None and time.monotonic() - cached[0] <= fresh_for:
             return cached[1]
         self.renders += 1
         html = await sync_to_async(self.render_sync, thread_sensitive=False)(topic)
-        self.cache[topic] = (time.monotonic(), html)
-        return html
+        parts = None if html is None else split_roots(html)
+        if parts is not None and cached is not None and cached[1] is not None:
+            before = dict(cached[1])
+            parts = [(i, h if before.get(i) != h else before[i]) for i, h in parts]
+        self.cache[topic] = (time.monotonic(), parts)
+        return parts
 
     # -- the process' one subscription ----------------------------------------------------
     def ensure_started(self) -> None:
@@ -197,15 +235,15 @@ class LiveHub:
         assert layer is not None
         for topic in sorted(topics):
             try:
-                html = await self.render(topic)
+                parts = await self.render(topic)
             except Exception:  # one broken topic must not stop the others
                 log.exception("live hub: rendering %s failed", topic)
                 continue
-            if html is None:
+            if parts is None:
                 continue
             self.pushes += 1
             await layer.group_send(
-                group_name(topic), {"type": "live.push", "topic": topic, "html": html}
+                group_name(topic), {"type": "live.push", "topic": topic, "parts": parts}
             )
 
 

@@ -8,10 +8,16 @@
  *                       with axes, a legend, and the x axis in the browser's local time
  *
  * Charts are drawn on load and whenever htmx adds content (htmx:load fires for every element
- * an htmx swap inserts, out-of-band swaps from the websocket included). A chart's uPlot and its
- * ResizeObserver are destroyed when htmx removes its element, and any chart whose element left
- * the document is swept on the next load, so hours of pushes leak nothing. Width follows the
- * container. No inline script anywhere: configuration is in the data-* attributes.
+ * an htmx swap inserts, out-of-band swaps from the websocket included). A live push keeps the
+ * charts it finds (static/js/live.js): a drawn chart takes the new data (uPlot setData) and the
+ * data-* attributes of its counterpart in the pushed HTML (same row or region, same place), in
+ * place when live.js patches the region, or standing in for its counterpart when htmx swaps
+ * the region whole; a push costs no new uPlot, canvas or layout. A chart whose series changed
+ * (a consumer came or went) is drawn anew.
+ * A chart's uPlot and its ResizeObserver are destroyed when htmx removes its element, and any
+ * chart whose element left the document is swept on the next load, so hours of pushes leak
+ * nothing. Width follows the container. No inline script anywhere: configuration is in the
+ * data-* attributes.
  */
 (function () {
   "use strict";
@@ -20,7 +26,8 @@
                  "#db2777", "#65a30d", "#475569", "#ea580c", "#4f46e5", "#0d9488"];
   var LAG_HEIGHT = 240;
   var SPARK_HEIGHT = 36;
-  var charts = new Map(); // element -> {plot: uPlot, observer: ResizeObserver}
+  var charts = new Map(); // element -> {plot: uPlot, observer: ResizeObserver, kind, names, spec}
+  var IDENTITY = ["data-stream", "data-consumer", "data-tap", "data-store", "id"];
 
   function parse(el, name) {
     try {
@@ -44,7 +51,7 @@
     return Math.max(120, Math.floor(el.clientWidth || el.getBoundingClientRect().width || 300));
   }
 
-  function lagOptions(el, spec) {
+  function lagOptions(el, spec, current) {
     var names = Object.keys(spec.series || {});
     var unit = spec.unit || "";
     var series = [{ label: "Time" }];
@@ -65,7 +72,7 @@
       scales: {
         // the range chosen, not just what the samples cover
         x: spec.from && spec.to
-          ? { time: true, range: function () { return [spec.from, spec.to]; } }
+          ? { time: true, range: function () { var c = current(); return [c.from, c.to]; } }
           : { time: true },
         y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } },
       },
@@ -105,33 +112,111 @@
     };
   }
 
-  function draw(el) {
-    if (charts.has(el) || typeof uPlot === "undefined") return;
+  // What an element's attributes say to draw: {kind, data, names, spec} or null (too few points).
+  function specOf(el) {
     var kind = el.getAttribute("data-chart");
-    var opts, data;
     if (kind === "lag") {
       var spec = parse(el, "data-series");
-      if (!spec || !spec.t || spec.t.length < 2) return;
-      opts = lagOptions(el, spec);
-      data = lagData(spec);
-    } else if (kind === "spark") {
-      var xs = parse(el, "data-x"), ys = parse(el, "data-y");
-      if (!xs || !ys || xs.length < 2 || xs.length !== ys.length) return;
-      var unit = el.getAttribute("data-unit") || "";
-      opts = sparkOptions(el, unit);
-      data = [xs, ys];
-      var last = ys[ys.length - 1];
-      if (!el.title) el.title = "now " + formatNumber(last) + (unit ? " " + unit : "");
-    } else {
-      return;
+      if (!spec || !spec.t || spec.t.length < 2) return null;
+      return { kind: kind, data: lagData(spec), names: Object.keys(spec.series || {}).join("\n"),
+               spec: spec };
     }
-    var plot = new uPlot(opts, data, el);
+    if (kind === "spark") {
+      var xs = parse(el, "data-x"), ys = parse(el, "data-y");
+      if (!xs || !ys || xs.length < 2 || xs.length !== ys.length) return null;
+      return { kind: kind, data: [xs, ys], names: "", spec: null };
+    }
+    return null;
+  }
+
+  function sparkTitle(el, ys) {
+    var unit = el.getAttribute("data-unit") || "";
+    el.title = "now " + formatNumber(ys[ys.length - 1]) + (unit ? " " + unit : "");
+  }
+
+  function draw(el) {
+    if (charts.has(el) || typeof uPlot === "undefined") return;
+    var want = specOf(el);
+    if (!want) return;
+    var chart = { kind: want.kind, names: want.names, spec: want.spec };
+    var opts;
+    if (want.kind === "lag") {
+      opts = lagOptions(el, want.spec, function () { return chart.spec; });
+    } else {
+      opts = sparkOptions(el, el.getAttribute("data-unit") || "");
+      if (!el.title) sparkTitle(el, want.data[1]);
+    }
+    var plot = new uPlot(opts, want.data, el);
     var observer = new ResizeObserver(function () {
       var w = widthOf(el);
       if (w !== plot.width) plot.setSize({ width: w, height: plot.height });
     });
     observer.observe(el);
-    charts.set(el, { plot: plot, observer: observer });
+    chart.plot = plot;
+    chart.observer = observer;
+    charts.set(el, chart);
+  }
+
+  // Whether the drawn chart `el` can show what `incoming` (its counterpart in a pushed region)
+  // says in place: not for another kind of chart, other series, or too few points.
+  function accepts(el, incoming) {
+    var chart = charts.get(el);
+    var want = specOf(incoming);
+    return !!(chart && want && want.kind === chart.kind && want.names === chart.names);
+  }
+
+  // Give the drawn chart `el` what `incoming` shows: its attributes and its data, in place.
+  // False when it cannot (see accepts): then the incoming element is drawn anew.
+  function update(el, incoming) {
+    if (!accepts(el, incoming)) return false;
+    var chart = charts.get(el);
+    var want = specOf(incoming);
+    var changed = false;
+    Array.prototype.forEach.call(incoming.attributes, function (a) {
+      if (el.getAttribute(a.name) !== a.value) {
+        el.setAttribute(a.name, a.value);
+        changed = true;
+      }
+    });
+    if (changed) {
+      chart.spec = want.spec;
+      chart.plot.setData(want.data);
+      if (want.kind === "spark") sparkTitle(el, want.data[1]);
+    }
+    return true;
+  }
+
+  // Where a chart sits in a region: the nearest row or region that names itself, and its
+  // place among that one's charts ("data-stream=ORDERS#1"). The same in the old region and
+  // in the pushed one.
+  function keyOf(el, root) {
+    var owner = el.parentElement;
+    while (owner && owner !== root && !IDENTITY.some(function (a) { return owner.hasAttribute(a); })) {
+      owner = owner.parentElement;
+    }
+    owner = owner || root;
+    var name = IDENTITY.find(function (a) { return owner.hasAttribute(a); });
+    var index = Array.prototype.indexOf.call(owner.querySelectorAll("[data-chart]"), el);
+    return (name ? name + "=" + owner.getAttribute(name) : "") + "#" + index;
+  }
+
+  // Before a pushed region replaces `target` (live.js calls it): each drawn chart in it is
+  // updated in place and moved into the incoming HTML instead of its counterpart, so the swap
+  // keeps it.
+  function keepCharts(target, incomingRoot) {
+    var kept = new Map();
+    target.querySelectorAll("[data-chart]").forEach(function (el) {
+      if (charts.has(el)) kept.set(keyOf(el, target), el);
+    });
+    if (!kept.size) return;
+    incomingRoot.querySelectorAll("[data-chart]").forEach(function (incoming) {
+      var key = keyOf(incoming, incomingRoot);
+      var el = kept.get(key);
+      if (el && update(el, incoming)) {
+        kept.delete(key);
+        incoming.replaceWith(el);
+      }
+    });
   }
 
   function destroy(el) {
@@ -165,9 +250,11 @@
   document.addEventListener("htmx:oobBeforeSwap", function (evt) {
     var target = evt.detail && evt.detail.target;
     var fragment = evt.detail && evt.detail.fragment;
-    if (!target || !fragment || !target.hasAttribute("data-range")) return;
+    if (!target || !fragment) return;
     var incoming = fragment.firstElementChild;
-    if (incoming && incoming.getAttribute("data-range") !== target.getAttribute("data-range")) {
+    if (!incoming) return;
+    if (target.hasAttribute("data-range") &&
+        incoming.getAttribute("data-range") !== target.getAttribute("data-range")) {
       evt.detail.shouldSwap = false;
     }
   });
@@ -180,5 +267,13 @@
   }
 
   // For tests and the console: how many charts are alive.
-  window.flowscopeCharts = { count: function () { return charts.size; }, redraw: start };
+  window.flowscopeCharts = {
+    count: function () { return charts.size; },
+    redraw: start,
+    data: function (el) { var c = charts.get(el); return c ? c.plot.data : null; },
+    // for live.js, which patches a pushed region in place or, when it cannot, keeps its charts
+    accepts: accepts,
+    update: update,
+    keep: keepCharts,
+  };
 })();
