@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from dashboard import health, views
-from dashboard.pages import streams, topology
+from dashboard.pages import event, streams, topology
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -14,6 +14,9 @@ urlpatterns = [
         name="consumer",
     ),
     path("topology/", topology.topology, name="topology"),
+    path("events/<str:stream>/<int:seq>/", event.event_by_seq, name="event"),
+    path("events/<str:stream>/id/<int:event_id>/", event.event_by_id, name="event-by-id"),
+    path("events/<str:stream>/<int:seq>/payload/", event.full_payload, name="event-payload"),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", views.Logout.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),
