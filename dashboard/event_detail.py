@@ -9,6 +9,7 @@ HTML: the template renders every string autoescaped.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 import re
@@ -422,18 +423,25 @@ async def fetch_full_payload(event: Event, stream: Stream, timeout: float = 3.0)
     from eventbus.natsconn import servers
 
     assert event.seq is not None
+    async def quiet(exc: Exception) -> None:  # the answer says it; no traceback per attempt
+        pass
+
     options: dict[str, Any] = {
         "name": "flowscope-web-get",
         "connect_timeout": timeout,
         "allow_reconnect": False,
-        "max_reconnect_attempts": 0,
+        # each server tried twice, then NoServersError (0 would mean: try for ever)
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.2,
+        "error_cb": quiet,
     }
     if settings.NATS_CREDS:
         options["user_credentials"] = settings.NATS_CREDS
     gone = FullPayload(None, f"The stream no longer holds sequence {event.seq}: its retention "
                        "removed it (or it was purged). Only the stored preview is left.")  # fmt: skip
     try:
-        nc = await nats.connect(servers(settings.NATS_URL), **options)
+        nc = await asyncio.wait_for(nats.connect(servers(settings.NATS_URL), **options),
+                                    2 * timeout)  # fmt: skip
     except Exception as exc:  # nats-py raises several kinds (OSError, NoServersError, ...)
         return FullPayload(None, f"NATS is unreachable ({type(exc).__name__}): try again later.")
     try:

@@ -22,6 +22,7 @@ from dashboard.event_detail import (
     load_event,
     nats_pub_command,
     payload_view,
+    preview_note,
 )
 from dashboard.models import Event, Stream
 
@@ -68,8 +69,10 @@ async def full_payload(request: HttpRequest, stream: str, seq: int) -> HttpRespo
     headers = header_rows(event.headers)
     if data is None:  # the stored preview again, with the reason
         stored = bytes(event.payload)
+        note = preview_note(len(stored), event.size) if event.truncated else ""
         context = payload_context(event, payload_view(stored, event.size, event.truncated),
-                                  nats_pub_command(event.subject, headers, stored, event.truncated))  # fmt: skip
+                                  nats_pub_command(event.subject, headers, stored, event.truncated),
+                                  note)  # fmt: skip
         context["fetch_message"] = message
     else:
         context = payload_context(event, payload_view(data),
