@@ -39,7 +39,7 @@ def test_payload_kind_is_json_then_text_then_binary():
     assert payload_kind(b"") == "text"
     assert payload_kind(b"caf\xe9") == "binary"  # Latin-1, not UTF-8
     assert payload_kind(bytes(range(256))) == "binary"
-    assert payload_kind(b"\x08\x96\x01\x12\x04name") == "binary"  # protobuf: valid UTF-8, binary
+    assert payload_kind(b"\x08\x2a\x12\x04name") == "binary"  # protobuf: valid UTF-8, binary
     assert payload_kind(b"a\tb\r\nc") == "text"
 
 
