@@ -137,9 +137,7 @@ def shown_text(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(
-        f"\\u{ord(c):04x}"
-        if c not in "\t\n\r" and unicodedata.category(c) in ("Cc", "Cf")
-        else c
+        f"\\u{ord(c):04x}" if c not in "\t\n\r" and unicodedata.category(c) in ("Cc", "Cf") else c
         for c in text
     )
 
@@ -236,12 +234,18 @@ def nats_pub_command(
     `--no-templates` keeps subject and body literal; `--` ends the options, so a body that
     starts with `-` stays the body."""
     if truncated:
-        return PubCommand(None, "Only a preview of the payload is stored: load the full payload "
-                          "from the stream to copy a command that publishes all of it.")  # fmt: skip
+        return PubCommand(
+            None,
+            "Only a preview of the payload is stored: load the full payload from the stream "
+            "to copy a command that publishes all of it.",
+        )
     text = decode_utf8(payload)
     if text is None or "\x00" in text:
-        return PubCommand(None, "The payload is binary: it cannot be pasted into a shell as text. "
-                          "Publish it from a file instead: nats pub SUBJECT < payload.bin")  # fmt: skip
+        return PubCommand(
+            None,
+            "The payload is binary: it cannot be pasted into a shell as text. "
+            "Publish it from a file instead: nats pub SUBJECT < payload.bin",
+        )
     caveats = []
     parts = ["nats", "pub", "--no-templates"]
     for name, value in headers:
@@ -354,7 +358,9 @@ def find_event(stream: str, seq: int | None = None, event_id: int | None = None)
     one probe of the (stream_id, seq, ts) index). By id: the event of that id, if it is one of
     `stream`'s."""
     if event_id is not None:
-        return Event.objects.select_related("stream").filter(id=event_id, stream__name=stream).first()
+        return (
+            Event.objects.select_related("stream").filter(id=event_id, stream__name=stream).first()
+        )
     if seq is None:
         return None
     for incarnation in Stream.objects.filter(name=stream).order_by("-created"):
@@ -369,10 +375,14 @@ def is_live(incarnation: Stream) -> bool:
     """The incarnation is the stream that exists now: not deleted, no newer one."""
     if incarnation.deleted_at is not None:
         return False
-    return not Stream.objects.filter(name=incarnation.name, created__gt=incarnation.created).exists()
+    return not Stream.objects.filter(
+        name=incarnation.name, created__gt=incarnation.created
+    ).exists()
 
 
-def load_event(stream: str, seq: int | None = None, event_id: int | None = None) -> EventDetail | None:
+def load_event(
+    stream: str, seq: int | None = None, event_id: int | None = None
+) -> EventDetail | None:
     event = find_event(stream, seq, event_id)
     if event is None:
         return None
@@ -391,7 +401,9 @@ def load_event(stream: str, seq: int | None = None, event_id: int | None = None)
         can_fetch=event.truncated and event.seq is not None and live and held,
         pub=nats_pub_command(event.subject, headers, payload, event.truncated),
         deliveries=(
-            None if event.seq is None else delivered_by(incarnation, event.seq, event.subject, event.ts)
+            None
+            if event.seq is None
+            else delivered_by(incarnation, event.seq, event.subject, event.ts)
         ),
     )
 
@@ -423,6 +435,7 @@ async def fetch_full_payload(event: Event, stream: Stream, timeout: float = 3.0)
     from eventbus.natsconn import servers
 
     assert event.seq is not None
+
     async def quiet(exc: Exception) -> None:  # the answer says it; no traceback per attempt
         pass
 
@@ -437,8 +450,11 @@ async def fetch_full_payload(event: Event, stream: Stream, timeout: float = 3.0)
     }
     if settings.NATS_CREDS:
         options["user_credentials"] = settings.NATS_CREDS
-    gone = FullPayload(None, f"The stream no longer holds sequence {event.seq}: its retention "
-                       "removed it (or it was purged). Only the stored preview is left.")  # fmt: skip
+    gone = FullPayload(
+        None,
+        f"The stream no longer holds sequence {event.seq}: its retention removed it (or it was "
+        "purged). Only the stored preview is left.",
+    )
     try:
         nc = await asyncio.wait_for(nats.connect(servers(settings.NATS_URL), **options),
                                     2 * timeout)  # fmt: skip

@@ -38,14 +38,14 @@ async def _record(nats_url: str, database_url: str, u: str) -> None:
             rows = await query(database_url, "SELECT count(*) FROM flowscope_event e JOIN "
                                "flowscope_stream s ON s.id = e.stream_id WHERE s.name = %s",
                                f"EV_{u}")  # fmt: skip
-            return rows[0][0] == 2
+            return bool(rows[0][0] == 2)
 
         await eventually(done, 30, "both events recorded")
     await nc.close()
 
 
 async def _ready(tap, name: str) -> bool:  # type: ignore[no-untyped-def]
-    return name in tap.observers and tap.observers[name].ready.is_set()
+    return bool(name in tap.observers and tap.observers[name].ready.is_set())
 
 
 def _no_page_overflow(page) -> None:  # type: ignore[no-untyped-def]
@@ -75,19 +75,25 @@ def test_the_event_page_highlights_json_switches_views_and_loads_the_full_payloa
         # the name from the payload is text inside a string token, not a <b> element
         assert page.locator("#view-json b").count() == 0
         assert '"<b>Ada</b>"' in page.locator("#view-json").inner_text()
-        assert page.locator("#view-json").is_visible() and not page.locator("#view-hex").is_visible()
+        assert (
+            page.locator("#view-json").is_visible() and not page.locator("#view-hex").is_visible()
+        )
         _no_page_overflow(page)
         page.screenshot(path=str(ARTIFACTS / f"event_page_{width}.png"), full_page=True)
 
         page.locator("#payload [data-view=hex]").click()
-        assert page.locator("#view-hex").is_visible() and not page.locator("#view-json").is_visible()
+        assert (
+            page.locator("#view-hex").is_visible() and not page.locator("#view-json").is_visible()
+        )
         assert page.locator("#payload [data-view=hex]").get_attribute("aria-selected") == "true"
         assert page.url.endswith("?view=hex")  # a reload keeps the view
         assert "00000000  7b 22 6f 72 64 65 72 22" in page.locator("#view-hex").inner_text()
         _no_page_overflow(page)  # the dump scrolls inside its own box
         page.screenshot(path=str(ARTIFACTS / f"event_page_hex_{width}.png"), full_page=True)
         page.locator("#payload [data-view=text]").click()
-        assert page.locator("#view-text").is_visible() and not page.locator("#view-hex").is_visible()
+        assert (
+            page.locator("#view-text").is_visible() and not page.locator("#view-hex").is_visible()
+        )
 
     # copy as nats pub: the clipboard holds the command as shown
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=web)
@@ -97,7 +103,9 @@ def test_the_event_page_highlights_json_switches_views_and_loads_the_full_payloa
     page.wait_for_function("document.querySelector('#nats-pub button').textContent === 'Copied'")
     copied = page.evaluate("navigator.clipboard.readText()")
     assert copied == page.locator("#pub-command").inner_text()
-    assert copied.startswith("nats pub --no-templates -H ") and " -H Nats-Msg-Id:order-4711 " in copied
+    assert (
+        copied.startswith("nats pub --no-templates -H ") and " -H Nats-Msg-Id:order-4711 " in copied
+    )
 
     # a truncated preview: the full payload comes from the stream, highlighted like the first
     page.goto(f"{web}/events/EV_{u}/2/")

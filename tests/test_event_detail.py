@@ -169,8 +169,12 @@ async def _record(nats_url: str, database_url: str, u: str, preview: int = 64 * 
     await js.add_consumer(f"EV_{u}", ConsumerConfig(
         durable_name="billing", ack_policy=AckPolicy.EXPLICIT,
         filter_subject=f"events.{u}.orders.>"))  # fmt: skip
-    await js.add_consumer(f"EV_{u}", ConsumerConfig(
-        durable_name="audit", ack_policy=AckPolicy.EXPLICIT, filter_subject=f"events.{u}.audit"))
+    await js.add_consumer(
+        f"EV_{u}",
+        ConsumerConfig(
+            durable_name="audit", ack_policy=AckPolicy.EXPLICIT, filter_subject=f"events.{u}.audit"
+        ),
+    )
     observer = ObserverSettings(inactive_threshold=5.0, preview_bytes=preview)
     async with tap_running(nats_url, database_url, observer=observer) as tap:
 
@@ -204,7 +208,7 @@ async def _record(nats_url: str, database_url: str, u: str, preview: int = 64 * 
                 "SELECT count(*) FROM flowscope_consumer_sample WHERE consumer = 'billing' "
                 "AND ack_floor_stream_seq >= 1",
             )
-            return rows[0][0] == 7 and acked[0][0] >= 1
+            return bool(rows[0][0] == 7 and acked[0][0] >= 1)
 
         await eventually(done, 30, "every event recorded and billing's ack sampled")
     if extra is not None:
@@ -229,9 +233,9 @@ def test_each_payload_kind_shows_in_its_view_and_markup_stays_text(
     assert text(json_page.by_id("subject")) == f"events.{u}.orders.created"
     shown = facts(json_page, "facts")
     assert shown["Size"] == "28 B payload"
-    assert shown["Stream time"].endswith(" UTC 1 s ago") or " UTC " in shown["Stream time"]
+    assert " UTC " in shown["Stream time"] and shown["Stream time"].endswith(" s ago")
     stamp = json_page.by_id("facts").find_all("time")[0].attrs
-    assert stamp["title"] == stamp["datetime"] and "T" in stamp["title"]  # ISO on hover
+    assert stamp["title"] == stamp["datetime"] and "T" in str(stamp["title"])  # ISO on hover
     pub = json_page.by_id("pub-command").text()
     assert shlex.split(pub)[-2:] == [f"events.{u}.orders.created", '{"order":4711,"total":12.50}']
     assert page(logged_in, f"/events/EV_{u}/1/?view=hex").by_id("payload").attrs[
@@ -253,7 +257,7 @@ def test_each_payload_kind_shows_in_its_view_and_markup_stays_text(
 
     invalid = page(logged_in, f"/events/EV_{u}/4/")
     assert invalid.by_id("payload").attrs["data-active"] == "hex"
-    assert "total: 12\ufffd \ufffd\ufffd ok" == invalid.by_id("view-text").text()
+    assert invalid.by_id("view-text").text() == "total: 12\ufffd \ufffd\ufffd ok"
     assert "32 e9 20 ff fe 20 6f 6b  |total: 12. .. ok|" in invalid.by_id("view-hex").text()
 
     response = logged_in.get(f"/events/EV_{u}/5/")
@@ -262,7 +266,9 @@ def test_each_payload_kind_shows_in_its_view_and_markup_stays_text(
     markup = parse(body)
     assert text(markup.by_id("subject")) == f"events.{u}.<b>{SCRIPT}"
     assert markup.by_id("view-text").text() == SCRIPT
-    rows = [[td.text() for td in tr.find_all("td")] for tr in markup.by_id("headers").find_all("tr")[1:]]
+    rows = [
+        [td.text() for td in tr.find_all("td")] for tr in markup.by_id("headers").find_all("tr")[1:]
+    ]
     assert ["X-Evil", HEADERS["X-Evil"]] in rows and len(rows) == 3
     assert markup.by_id("trace-link").attrs["href"] == "/traces/4bf92f3577b34da6a3ce929d0e0e4736/"
     assert facts(markup, "identity")["Service"] == "billing"
@@ -277,11 +283,11 @@ def test_each_payload_kind_shows_in_its_view_and_markup_stays_text(
     assert rows[0][1] == f"events.{u}.orders.>"
     assert rows[0][2].startswith("delivered 20") and rows[0][3].startswith("acked 20")
     # seq 2 (orders.note): billing has not delivered it
-    rows = page(logged_in, f"/events/EV_{u}/2/").by_id("delivered").find_all("tr")[1:]
-    assert [text(td) for td in rows[0].find_all("td")][2:] == ["not yet", DASH]
+    trs = page(logged_in, f"/events/EV_{u}/2/").by_id("delivered").find_all("tr")[1:]
+    assert [text(td) for td in trs[0].find_all("td")][2:] == ["not yet", DASH]
     # seq 6 (audit): audit's filter takes it, billing's does not; nothing fetched by audit
-    rows = page(logged_in, f"/events/EV_{u}/6/").by_id("delivered").find_all("tr")[1:]
-    assert [text(tr.find_all("td")[0]) for tr in rows] == ["audit"]
+    trs = page(logged_in, f"/events/EV_{u}/6/").by_id("delivered").find_all("tr")[1:]
+    assert [text(tr.find_all("td")[0]) for tr in trs] == ["audit"]
 
     # an event recorded without a sequence (a work-queue stream: a subject subscription)
     unsequenced = Event.objects.get(stream__name=f"WQ_{u}")
@@ -343,7 +349,7 @@ def test_a_truncated_preview_loads_the_full_payload_from_the_stream_until_it_is_
         js = nc.jetstream()
         await js.delete_stream(f"EV_{u}")
         await js.add_stream(StreamConfig(name=f"EV_{u}", subjects=[f"events.{u}.>"]))
-        for i in range(6):
+        for _ in range(6):
             await js.publish(f"events.{u}.audit", b"x" * event.size)  # even the same size
         await nc.close()
 

@@ -29,7 +29,9 @@ from dashboard.models import Event, Stream
 TEMPLATE = "dashboard/event.html"
 
 
-def _page(request: HttpRequest, stream: str, detail: EventDetail | None, wanted: str) -> HttpResponse:
+def _page(
+    request: HttpRequest, stream: str, detail: EventDetail | None, wanted: str
+) -> HttpResponse:
     if detail is None:
         context = {"name": stream, "wanted": wanted,
                    "known_stream": Stream.objects.filter(name=stream).exists()}  # fmt: skip
@@ -61,8 +63,13 @@ async def full_payload(request: HttpRequest, stream: str, seq: int) -> HttpRespo
         return HttpResponse(status=404)
     incarnation = event.stream
     if not await sync_to_async(is_live)(incarnation):
-        data, message = None, ("The stream was deleted or created again since this event was "
-                               "recorded: it no longer holds it. Only the stored preview is left.")  # fmt: skip
+        data, message = (
+            None,
+            (
+                "The stream was deleted or created again since this event was recorded: it no "
+                "longer holds it. Only the stored preview is left."
+            ),
+        )
     else:
         got = await fetch_full_payload(event, incarnation)
         data, message = got.data, got.message
