@@ -57,12 +57,16 @@ def payload_kind(data: bytes, truncated: bool = False) -> PayloadKind:
     """json when the payload is valid UTF-8 JSON, text when it is other UTF-8 text, binary
     otherwise (invalid UTF-8, or UTF-8 with control characters no text carries). A truncated
     preview of a JSON document is cut mid-document: text."""
+    return _classify(data, truncated)[0]
+
+
+def _classify(data: bytes, truncated: bool) -> tuple[PayloadKind, str | None, str | None]:
+    """(kind, the payload as text or None, pretty JSON or None): each computed once."""
     text = decode_utf8(data, truncated)
     if text is None or _BINARY_CONTROLS.search(text):
-        return "binary"
-    if not truncated and pretty_json(text) is not None:
-        return "json"
-    return "text"
+        return "binary", text, None
+    pretty = None if truncated else pretty_json(text)
+    return ("json" if pretty is not None else "text"), text, pretty
 
 
 class _Number(str):
@@ -149,16 +153,19 @@ class HexLine:
     ascii: str  # printable ASCII as itself, anything else as "."
 
 
+_ASCII = bytes(b if 0x20 <= b < 0x7F else 0x2E for b in range(256))  # printable, else "."
+
+
 def hex_dump(data: bytes, width: int = 16) -> list[HexLine]:
     """The classic `hexdump -C` columns: offset, bytes in hex, bytes as ASCII."""
     lines = []
     half = width // 2
-    full = 3 * width + 1 - 1  # "xx " per byte, one extra space mid-way, no trailing space
+    full = 3 * width  # "xx " per byte, one extra space mid-way, no trailing space
     for start in range(0, len(data), width):
         chunk = data[start : start + width]
-        pairs = [f"{b:02x}" for b in chunk]
-        hexes = " ".join(pairs[:half]) + ("  " + " ".join(pairs[half:]) if pairs[half:] else "")
-        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
+        left, right = chunk[:half].hex(" "), chunk[half:].hex(" ")
+        hexes = f"{left}  {right}" if right else left
+        text = chunk.translate(_ASCII).decode("ascii")
         lines.append(HexLine(f"{start:08x}", hexes.ljust(full), text))
     return lines
 
@@ -184,6 +191,12 @@ class PayloadView:
         return [*tabs, ("text", "Text"), ("hex", "Hex")]
 
     @property
+    def hex_text(self) -> str:
+        """The dump as one preformatted block (one string for the template to escape: a loop
+        over 4,096 lines costs the page more than everything else on it)."""
+        return "".join(f"{h.offset}  {h.hex}  |{h.ascii}|\n" for h in self.hex)
+
+    @property
     def active(self) -> str:
         return "hex" if self.kind == "binary" else self.kind
 
@@ -194,9 +207,7 @@ def payload_view(data: bytes, size: int | None = None, truncated: bool = False) 
     text_cut = len(data) > TEXT_LIMIT
     if text_cut:
         data, truncated = data[:TEXT_LIMIT], True
-    kind = payload_kind(data, truncated)
-    text = decode_utf8(data, truncated)
-    pretty = pretty_json(text) if kind == "json" and text is not None else None
+    kind, text, pretty = _classify(data, truncated)
     return PayloadView(
         kind=kind,
         size=size,
