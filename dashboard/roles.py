@@ -9,10 +9,12 @@ Every view, API endpoint and websocket asks `can()` on the server; pages show on
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
@@ -60,18 +62,33 @@ def public_read() -> bool:
     return bool(getattr(settings, "FLOWSCOPE_PUBLIC_READ", False))
 
 
-def require(action: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+def require(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A view decorator: anonymous visitors who may not go to the login page; a logged-in user
     whose role may not gets a 403 page saying which role it takes."""
 
-    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    def refused(request: HttpRequest) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        return forbidden(request, action)
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(view):
+
+            @wraps(view)
+            async def awaited(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+                user = await request.auser()  # type: ignore[attr-defined]
+                allowed = await sync_to_async(can)(user, action)
+                if allowed:
+                    return await view(request, *args, **kwargs)  # type: ignore[no-any-return]
+                return await sync_to_async(refused)(request)
+
+            return awaited
+
         @wraps(view)
         def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if can(request.user, action):
-                return view(request, *args, **kwargs)
-            if not request.user.is_authenticated:
-                return redirect_to_login(request.get_full_path())
-            return forbidden(request, action)
+                return view(request, *args, **kwargs)  # type: ignore[no-any-return]
+            return refused(request)
 
         return wrapped
 

@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from dashboard import health, views
-from dashboard.pages import audit, events, streams, tokens, topology
+from dashboard.pages import audit, event, events, streams, tokens, topology
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -18,6 +18,9 @@ urlpatterns = [
     path("tokens/", tokens.token_list, name="tokens"),
     path("tokens/<int:token_id>/revoke/", tokens.token_revoke, name="token-revoke"),
     path("audit/", audit.audit_log, name="audit"),
+    path("events/<str:stream>/<int:seq>/", event.event_by_seq, name="event"),
+    path("events/<str:stream>/id/<int:event_id>/", event.event_by_id, name="event-by-id"),
+    path("events/<str:stream>/<int:seq>/payload/", event.full_payload, name="event-payload"),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", views.Logout.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),
