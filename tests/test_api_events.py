@@ -89,3 +89,21 @@ def test_callers_need_a_session_a_token_or_public_read(db: None, alice: tuple[st
     assert Client().get("/api/events", HTTP_AUTHORIZATION="Bearer fst_wrong").status_code == 401
     with override_settings(FLOWSCOPE_PUBLIC_READ=True):
         assert Client().get("/api/events").status_code == 200
+
+
+def test_one_event_with_its_payload_byte_exact(logged_in: Client, recorded: str) -> None:  # noqa: F811
+    import base64
+
+    body = logged_in.get(f"/api/events/{recorded}/7").json()
+    assert body["seq"] == 7 and body["json"]["note"] == "refund"
+    assert body["text"].startswith('{"order"') and body["headers"]["tenant"] == "t1"
+    binary = logged_in.get(f"/api/events/{recorded}/26").json()  # b"\xff\xfe\x00\x01 binary"
+    assert base64.b64decode(binary["payload"]) == b"\xff\xfe\x00\x01 binary"
+    assert binary["text"] is None and binary["json"] is None
+    huge = logged_in.get(f"/api/events/{recorded}/30").json()
+    assert huge["truncated"] is True and huge["size"] == 200_000
+    assert len(base64.b64decode(huge["payload"])) < 200_000
+    missing = logged_in.get(f"/api/events/{recorded}/999")
+    assert missing.status_code == 404 and "999" in missing.json()["detail"]
+    assert logged_in.get("/api/events/NOPE/1").status_code == 404
+    assert Client().get(f"/api/events/{recorded}/7").status_code == 401

@@ -113,3 +113,34 @@ def payload_forms(data: bytes) -> dict[str, Any]:
     with contextlib.suppress(ValueError, RecursionError):
         out["json"] = json.loads(out["text"])
     return out
+
+
+class EventDetailOut(EventOut):
+    payload: str = Field(description="the stored payload, base64 (byte-exact)")
+    text: str | None = Field(description="the payload as text, when it is UTF-8")
+    json_value: Any = Field(None, alias="json", description="the payload parsed, when it is JSON")
+    recorded_at: datetime
+    span_id: str | None
+
+
+@router.get("/{stream}/{seq}", response={200: EventDetailOut, **READ_ERRORS},
+            summary="One event, its payload in base64 and decoded", by_alias=True)  # fmt: skip
+def get_event(request: HttpRequest, stream: str, seq: int) -> dict[str, Any]:
+    """From the newest incarnation of the stream that holds the sequence. `truncated`: only the
+    payload's first bytes are stored (the event page can fetch the rest from the stream)."""
+    from ninja.errors import HttpError
+
+    from dashboard.event_detail import find_event
+    from dashboard.search.query import _preview
+
+    event = find_event(stream, seq=seq)
+    if event is None:
+        raise HttpError(404, f"no event {seq} of a stream '{stream[:80]}' is stored")
+    data = bytes(event.payload)
+    return {
+        "id": event.id, "stream": event.stream.name, "seq": event.seq, "subject": event.subject,
+        "ts": event.ts, "size": event.size, "headers": event.headers, "msg_id": event.msg_id,
+        "trace_id": event.trace_id, "service": event.service, "truncated": event.truncated,
+        "preview": _preview(data[:240]), "recorded_at": event.recorded_at,
+        "span_id": event.span_id, **payload_forms(data),
+    }  # fmt: skip
