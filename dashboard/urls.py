@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from dashboard import health, views
+from dashboard import health, security, views
 from dashboard.pages import audit, events, streams, tokens, topology
 
 urlpatterns = [
@@ -20,6 +20,7 @@ urlpatterns = [
     path("audit/", audit.audit_log, name="audit"),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", views.Logout.as_view(), name="logout"),
+    path("password/", security.PasswordChange.as_view(), name="password-change"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
