@@ -125,6 +125,7 @@ def _locked_out(
     name = str(username or "")[:150]
     failures = getattr(request, "axes_failures_since_start", None)
     minutes = int(getattr(settings, "FLOWSCOPE_LOCKOUT_MINUTES", 0))
+    detail = {"failures": failures, "minutes": minutes}
+    error = f"too many failed attempts: locked for {minutes} minutes"
     record(request, "login.locked_out", f"user {name}", result=AuditEntry.Result.FAILED,
-           detail={"failures": failures, "minutes": minutes},
-           error=f"too many failed attempts: locked for {minutes} minutes", username=name)  # fmt: skip
+           detail=detail, error=error, username=name)  # fmt: skip

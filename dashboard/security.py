@@ -8,6 +8,7 @@ with the login page saying so. The audit rows come from dashboard/audit.py's sig
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta
 from typing import Any
 
 from axes.backends import AxesStandaloneBackend
@@ -25,7 +26,7 @@ from dashboard import audit
 from dashboard.models import AuditEntry
 
 
-class LoginThrottle(AxesStandaloneBackend):
+class LoginThrottle(AxesStandaloneBackend):  # type: ignore[misc]  # axes has no types
     """axes' backend, first in AUTHENTICATION_BACKENDS: it refuses a locked-out (username,
     address) before the password is checked. An authentication without a request (Django's test
     client's login(), a shell) has no address to throttle by and is left to the next backend,
@@ -46,17 +47,17 @@ class LoginThrottle(AxesStandaloneBackend):
 
 def minutes_left(request: HttpRequest, username: str) -> int:
     """Whole minutes until the lock-out of (username, this address) ends, at least 1."""
-    lockout = timezone.timedelta(minutes=settings.FLOWSCOPE_LOCKOUT_MINUTES)
-    newest = (
+    minutes = int(settings.FLOWSCOPE_LOCKOUT_MINUTES)
+    newest: datetime | None = (
         AccessAttempt.objects.filter(username=username, ip_address=audit.client_address(request))
         .order_by("-attempt_time")
         .values_list("attempt_time", flat=True)
         .first()
     )
     if newest is None:
-        return int(settings.FLOWSCOPE_LOCKOUT_MINUTES)
-    left = (newest + lockout - timezone.now()).total_seconds()
-    return max(1, math.ceil(left / 60))
+        return minutes
+    left = (newest + timedelta(minutes=minutes) - timezone.now()).total_seconds()
+    return max(1, int(math.ceil(left / 60)))
 
 
 def locked_out(request: HttpRequest, *args: Any) -> HttpResponse:

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.browser
 LISTEN = """
 window.__csp = [];
 document.addEventListener("securitypolicyviolation", function (e) {
-  window.__csp.push(e.violatedDirective + " " + (e.blockedURI || "inline") + " " + e.sourceFile + ":" + e.lineNumber);
+  window.__csp.push(e.violatedDirective + " " + (e.blockedURI || "inline") + " "
+                    + e.sourceFile + ":" + e.lineNumber);
 });
 """
 
@@ -24,7 +25,12 @@ def watch(page: Any) -> list[str]:
     """Console errors and CSP messages of the page (the browser logs each violation too)."""
     seen: list[str] = []
     page.add_init_script(LISTEN)
-    page.on("console", lambda m: seen.append(m.text) if m.type == "error" or "Content Security Policy" in m.text else None)
+
+    def console(message: Any) -> None:
+        if message.type == "error" or "Content Security Policy" in message.text:
+            seen.append(message.text)
+
+    page.on("console", console)
     page.on("pageerror", lambda e: seen.append(f"page error: {e}"))
     return seen
 
@@ -45,8 +51,9 @@ def test_every_page_loads_under_the_policy_with_no_violation(web, page, alice):
     from dashboard.models import Consumer, Stream
 
     now = datetime.now(UTC)
+    subjects = ["orders.>"]
     stream = Stream.objects.create(name="ORDERS", created=now, retention="limits", state_at=now,
-                                   subjects=["orders.>"], config={"subjects": ["orders.>"]})  # fmt: skip
+                                   subjects=subjects, config={"subjects": subjects})  # fmt: skip
     Consumer.objects.create(stream=stream, name="inventory", last_seen=now, num_pending=3)
     console = watch(page)
     log_in(page, web, *alice)

@@ -53,9 +53,8 @@ def from_address(address: str) -> Client:
     return Client(REMOTE_ADDR=address)
 
 
-def log_in(client: Client, username: str, password: str) -> HttpResponse:
-    response: HttpResponse = client.post("/login/", {"username": username, "password": password})
-    return response
+def log_in(client: Client, username: str, password: str) -> Any:
+    return client.post("/login/", {"username": username, "password": password})
 
 
 def audit_rows(action: str) -> list[AuditEntry]:
@@ -77,8 +76,7 @@ def test_it_locks_out_a_user_from_one_address_after_five_failures(alice: User) -
     assert fifth.status_code == 429
     page = fifth.content.decode()
     assert (
-        "Too many failed attempts for this user from your address; try again in 15 minutes."
-        in page
+        "Too many failed attempts for this user from your address; try again in 15 minutes." in page
     )
     assert 'id="locked-out"' in page and "didn't match" not in page
 
@@ -188,7 +186,7 @@ def test_nobody_is_sent_to_log_in_before_changing_a_password(db: None) -> None:
 # --- Content-Security-Policy and inline code ----------------------------------------------
 
 
-def policy(response: HttpResponse) -> dict[str, list[str]]:
+def policy(response: Any) -> dict[str, list[str]]:
     header = response["Content-Security-Policy"]
     return {d.split()[0]: d.split()[1:] for d in header.split(";") if d.strip()}
 
@@ -235,8 +233,9 @@ def test_the_inline_code_finder_finds_each_kind() -> None:
 
 def test_no_page_has_inline_style_or_script(alice: User) -> None:
     now = datetime.now(UTC)
+    subjects = ["orders.>"]
     stream = Stream.objects.create(name="ORDERS", created=now, retention="limits", state_at=now,
-                                   subjects=["orders.>"], config={"subjects": ["orders.>"]})  # fmt: skip
+                                   subjects=subjects, config={"subjects": subjects})  # fmt: skip
     Consumer.objects.create(stream=stream, name="inventory", last_seen=now, num_pending=3)
     AuditEntry.objects.create(action="login", username="alice", target="user alice")
     alice.is_staff = True  # for the Django admin's pages too
@@ -307,14 +306,17 @@ def test_the_environment_sets_cookies_hsts_proxy_session_and_throttle() -> None:
     assert prod == {
         "DEBUG": False, "SESSION_COOKIE_SECURE": True, "CSRF_COOKIE_SECURE": True,
         "SECURE_HSTS_SECONDS": 31536000, "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
-        "SECURE_HSTS_PRELOAD": False, "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
+        "SECURE_HSTS_PRELOAD": False,
+        "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
         "SECURE_SSL_REDIRECT": True, "SESSION_COOKIE_AGE": 12 * 3600,
         "SESSION_EXPIRE_AT_BROWSER_CLOSE": False, "AXES_FAILURE_LIMIT": 5,
         "AXES_COOLOFF_TIME": "0:15:00",
     }  # fmt: skip
-    dev = settings_under({"DATABASE_URL": PRODUCTION["DATABASE_URL"],
-                          "FLOWSCOPE_SESSION_HOURS": "2", "FLOWSCOPE_SESSION_AT_BROWSER_CLOSE": "1",
-                          "FLOWSCOPE_LOGIN_ATTEMPTS": "3", "FLOWSCOPE_LOCKOUT_MINUTES": "2"})  # fmt: skip
+    dev = settings_under({
+        "DATABASE_URL": PRODUCTION["DATABASE_URL"],
+        "FLOWSCOPE_SESSION_HOURS": "2", "FLOWSCOPE_SESSION_AT_BROWSER_CLOSE": "1",
+        "FLOWSCOPE_LOGIN_ATTEMPTS": "3", "FLOWSCOPE_LOCKOUT_MINUTES": "2",
+    })  # fmt: skip
     assert dev["DEBUG"] is True and dev["SESSION_COOKIE_SECURE"] is False
     assert dev["SECURE_PROXY_SSL_HEADER"] is None and dev["SECURE_HSTS_SECONDS"] == 0
     assert (dev["SESSION_COOKIE_AGE"], dev["SESSION_EXPIRE_AT_BROWSER_CLOSE"]) == (7200, True)
