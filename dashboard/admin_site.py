@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.admin.apps import AdminConfig
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
 
 
 class FlowscopeAdminSite(admin.AdminSite):
@@ -21,6 +22,12 @@ class FlowscopeAdminSite(admin.AdminSite):
         if not user.is_active:
             return False
         return bool(user.is_superuser or (user.is_staff and roles.can(user, "users")))
+
+    def password_change(  # type: ignore[override]  # a redirect, not a TemplateResponse
+        self, request: HttpRequest, extra_context: object = None
+    ) -> HttpResponse:
+        """The admin's "change password" link goes to Flowscope's page, which audits it."""
+        return redirect("password-change")
 
 
 class FlowscopeAdminConfig(AdminConfig):

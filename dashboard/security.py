@@ -57,7 +57,7 @@ def minutes_left(request: HttpRequest, username: str) -> int:
     if newest is None:
         return minutes
     left = (newest + timedelta(minutes=minutes) - timezone.now()).total_seconds()
-    return max(1, int(math.ceil(left / 60)))
+    return max(1, math.ceil(left / 60))
 
 
 def locked_out(request: HttpRequest, *args: Any) -> HttpResponse:

@@ -64,6 +64,11 @@ def test_only_admins_reach_the_admin(people: dict[str, User]) -> None:
     assert Client().get("/admin/").status_code == 302
 
 
+def test_the_admins_password_change_is_flowscopes_audited_one(people: dict[str, User]) -> None:
+    response = client_for(people["alice"]).get("/admin/password_change/")
+    assert response.status_code == 302 and response["Location"] == "/password/"
+
+
 def test_ensure_admin_makes_a_user_who_reaches_the_admin(db: None) -> None:
     call_command("ensure_admin", stdout=open("/dev/null", "w"))  # noqa: SIM115
     admin = User.objects.get(username="admin")
