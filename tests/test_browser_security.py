@@ -4,7 +4,7 @@ login shows its message under Daphne."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -48,13 +48,16 @@ def violations(page: Any) -> list[str]:
 
 
 def test_every_page_loads_under_the_policy_with_no_violation(web, page, alice):
-    from dashboard.models import Consumer, Stream
+    from dashboard.models import Consumer, ConsumerSample, Stream
 
     now = datetime.now(UTC)
     subjects = ["orders.>"]
     stream = Stream.objects.create(name="ORDERS", created=now, retention="limits", state_at=now,
                                    subjects=subjects, config={"subjects": subjects})  # fmt: skip
     Consumer.objects.create(stream=stream, name="inventory", last_seen=now, num_pending=3)
+    for i in range(10):  # so the stream and consumer pages draw their charts (uPlot)
+        ConsumerSample.objects.create(stream=stream, consumer="inventory", num_pending=i,
+                                      ts=now - timedelta(seconds=30 * (10 - i)))  # fmt: skip
     console = watch(page)
     log_in(page, web, *alice)
     page.wait_for_url(web + "/")
@@ -72,6 +75,11 @@ def test_every_page_loads_under_the_policy_with_no_violation(web, page, alice):
         page.goto(web + url)
         page.wait_for_load_state("networkidle")
         assert violations(page) == [], url
+    page.goto(web + "/streams/ORDERS/")
+    page.wait_for_selector(".chart canvas")  # uPlot drew, setting its styles from script
+    page.goto(web + "/events/")
+    page.check("#live-tail")  # the event browser's own socket (static/js/tail.js)
+    page.wait_for_selector("#live-status[data-state=live]", timeout=15000)
     page.goto(web + "/topology/")
     page.wait_for_selector("#topology-list")
     page.wait_for_timeout(500)
