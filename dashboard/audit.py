@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from axes.signals import user_locked_out
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
@@ -90,10 +91,41 @@ def _logged_out(sender: Any, request: HttpRequest | None, user: Any, **kwargs: A
         record(request, "logout", f"user {user.get_username()}", user=user)
 
 
+def _refused_while_locked_out(request: HttpRequest | None) -> bool:
+    """axes refused this attempt because its (username, address) is locked out already (its
+    backend flags the request before checking the password; a counted failure sets
+    axes_failures_since_start, which a refused one leaves None)."""
+    return bool(
+        getattr(request, "axes_locked_out", False)
+        and getattr(request, "axes_failures_since_start", None) is None
+    )
+
+
 @receiver(user_login_failed)
 def _login_failed(
     sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any
 ) -> None:
     name = str(credentials.get("username", ""))[:150]
+    if _refused_while_locked_out(request):
+        error = "locked out: too many failed attempts for this user from this address"
+    else:
+        error = "wrong username or password"
     record(request, "login.failed", f"user {name}", result=AuditEntry.Result.FAILED,
-           error="wrong username or password", username=name)  # fmt: skip
+           error=error, username=name)  # fmt: skip
+
+
+@receiver(user_locked_out)
+def _locked_out(
+    sender: Any, request: HttpRequest | None = None, username: str | None = None, **kwargs: Any
+) -> None:
+    """One row when a lock-out begins; axes sends this signal again for every attempt refused
+    during it, which the login.failed row above already records."""
+    if _refused_while_locked_out(request):
+        return
+    name = str(username or "")[:150]
+    failures = getattr(request, "axes_failures_since_start", None)
+    minutes = int(getattr(settings, "FLOWSCOPE_LOCKOUT_MINUTES", 0))
+    detail = {"failures": failures, "minutes": minutes}
+    error = f"too many failed attempts: locked for {minutes} minutes"
+    record(request, "login.locked_out", f"user {name}", result=AuditEntry.Result.FAILED,
+           detail=detail, error=error, username=name)  # fmt: skip

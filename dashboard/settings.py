@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -54,13 +55,15 @@ NATS_CREDS = os.environ.get("NATS_CREDS", "")
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "dashboard.admin_site.FlowscopeAdminConfig",  # django.contrib.admin, for admins only
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
+    "csp",
     "django_htmx",
     "template_partials",
     "dashboard",
@@ -69,6 +72,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "dashboard.middleware.reject_nul",
     "django.middleware.security.SecurityMiddleware",
+    "dashboard.security.ContentSecurityPolicy",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -77,6 +81,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lock-out into our page (security.py)
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -103,6 +108,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# django-axes first: it refuses a locked-out (username, address) before the password is checked
+AUTHENTICATION_BACKENDS = [
+    "dashboard.security.LoginThrottle",  # django-axes
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/login/"
@@ -119,11 +129,59 @@ STATIC_ROOT = None if DEBUG else Path(os.environ.get("STATIC_ROOT", BASE_DIR / "
 WHITENOISE_USE_FINDERS = True  # serve from the source folders too: no collectstatic in dev
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Production security (issue #14, point 9; README "Security"). Cookies are Secure unless
+# DEBUG is on; HSTS, the proxy's X-Forwarded-Proto and the redirect to HTTPS are opt-in.
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = not DEBUG
-CSRF_COOKIE_SECURE = not DEBUG
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = envbool(
+    "FLOWSCOPE_SECURE_COOKIES", "False" if DEBUG else "True"
+)
+SESSION_COOKIE_AGE = envint("FLOWSCOPE_SESSION_HOURS", 12) * 3600
+SESSION_EXPIRE_AT_BROWSER_CLOSE = envbool("FLOWSCOPE_SESSION_AT_BROWSER_CLOSE")
+SECURE_HSTS_SECONDS = envint("FLOWSCOPE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("FLOWSCOPE_HSTS_INCLUDE_SUBDOMAINS", "True")
+SECURE_HSTS_PRELOAD = envbool("FLOWSCOPE_HSTS_PRELOAD")
+if envbool("FLOWSCOPE_BEHIND_PROXY"):
+    # only behind a proxy that sets this header itself (and strips a client's)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = envbool("FLOWSCOPE_SSL_REDIRECT")
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]  # probes speak plain HTTP
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Preloading HSTS is a commitment to browsers' built-in lists, hard to undo: left to the
+# operator (FLOWSCOPE_HSTS_PRELOAD=1), so `check --deploy` is not asked to nag about it.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+
+# No inline script or style anywhere (htmx's indicator style is off: base.html's htmx-config);
+# dashboard.security.ContentSecurityPolicy adds ws:/wss: of the request's own host to
+# connect-src for the live socket (CSP 3 lets 'self' match them; older browsers do not).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "object-src": ["'none'"],
+    }
+}
+
+# Failed logins (django-axes): FLOWSCOPE_LOGIN_ATTEMPTS failures for one username from one
+# address lock that pair out for FLOWSCOPE_LOCKOUT_MINUTES; other addresses may still try.
+# Attempts during a lock-out do not extend it. The address is the audit log's.
+FLOWSCOPE_LOGIN_ATTEMPTS = envint("FLOWSCOPE_LOGIN_ATTEMPTS", 5)
+FLOWSCOPE_LOCKOUT_MINUTES = envint("FLOWSCOPE_LOCKOUT_MINUTES", 15)
+AXES_FAILURE_LIMIT = FLOWSCOPE_LOGIN_ATTEMPTS
+AXES_COOLOFF_TIME = timedelta(minutes=FLOWSCOPE_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_CLIENT_IP_CALLABLE = "dashboard.audit.client_address"
+AXES_LOCKOUT_CALLABLE = "dashboard.security.locked_out"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_DISABLE_ACCESS_LOG = True  # logins are in the audit log already
 
 # Flowscope's own knobs (documented in README.md).
 FLOWSCOPE_PUBLIC_READ = envbool("FLOWSCOPE_PUBLIC_READ")  # anonymous visitors may browse

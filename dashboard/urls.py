@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from dashboard import health, views
+from dashboard import health, security, views
 from dashboard.pages import audit, event, events, streams, tokens, topology
 
 urlpatterns = [
@@ -23,6 +23,7 @@ urlpatterns = [
     path("events/<str:stream>/<int:seq>/payload/", event.full_payload, name="event-payload"),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", views.Logout.as_view(), name="logout"),
+    path("password/", security.PasswordChange.as_view(), name="password-change"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
