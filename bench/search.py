@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
+from bench.verdict import exit_status  # noqa: E402
 from eventbus.embedded import EmbeddedPostgres  # noqa: E402
 from eventbus.partitions import Partitions, partition_name  # noqa: E402
 
@@ -907,14 +908,7 @@ def main() -> int:
         with contextlib.suppress(Exception):
             environment.close()
     missed = [name for name, ok in verdicts if not ok]
-    if not missed:
-        print("every target met")
-        return 0
-    print("target(s) MISSED: " + "; ".join(missed))
-    if args.no_targets:
-        print("exit 0 all the same (--no-targets)")
-        return 0
-    return 1
+    return exit_status(missed, args.no_targets)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ from nats.aio.client import Client  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 from nats.js.api import DeliverPolicy  # noqa: E402
 
+from bench.verdict import exit_status  # noqa: E402
 from eventbus import scan  # noqa: E402
 from eventbus.embedded import EmbeddedNats, EmbeddedPostgres, terminate  # noqa: E402
 from eventbus.observers import ObserverSettings, WireConsumerObserver, is_tap_consumer  # noqa: E402
@@ -1092,14 +1093,7 @@ def main() -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         environment.close()
     missed = [c.figure for c in checks if c.passed is False]
-    if not missed:
-        print("every target met")
-        return 0
-    print("target(s) MISSED: " + "; ".join(missed))
-    if args.no_targets:
-        print("exit 0 all the same (--no-targets)")
-        return 0
-    return 1
+    return exit_status(missed, args.no_targets)
 
 
 if __name__ == "__main__":

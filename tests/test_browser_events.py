@@ -70,6 +70,7 @@ def test_the_live_tail_shows_new_events_as_text_and_can_pause(
 
         # more than a push carries (50) at once: the rest are counted and linked
         in_thread(_publish(nats_server.url, stream, [f"{base}.burst.{i}" for i in range(120)]))
+
         def accounted() -> int:  # rows shown + skipped, of the burst
             link = page.locator("#tail-skipped")
             skipped = int(link.inner_text().split()[0]) if link.count() else 0

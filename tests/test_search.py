@@ -6,7 +6,7 @@ tap recorded)."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from dashboard.models import Stream
 from dashboard.search import FilterError, parse_filter, search_events
 from dashboard.search import subjects as subj
 from dashboard.search.query import decode_cursor
-from eventbus.partitions import partition_name
+from tests.test_stream_page_data import ensure_partition
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -114,16 +114,6 @@ def test_a_filter_round_trips_through_its_query_string() -> None:
 
 
 # --- searching stored events ---------------------------------------------------------------------
-
-
-def ensure_partition(day: date) -> None:
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    with connection.cursor() as cur:
-        cur.execute(
-            f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF flowscope_event "
-            "FOR VALUES FROM (%s) TO (%s)",
-            [start, start + timedelta(days=1)],
-        )
 
 
 def store(stream: Stream, events: list[dict[str, Any]]) -> None:
