@@ -151,7 +151,7 @@ class ManageForm(forms.Form):
         return {name for name, f in self.fields.items() if f.disabled}
 
     def check_limits(self, cleaned: dict[str, Any]) -> None:
-        for key, value in cleaned.items():
+        for key, value in list(cleaned.items()):
             if key in self.errors or not isinstance(value, int) or isinstance(value, bool):
                 continue
             if key in (*admin.DURATIONS, *admin.MAX_LIMITS):

@@ -13,6 +13,7 @@ there (`NotFound`), and a server that does not answer (`Unreachable`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -23,8 +24,6 @@ from typing import Any
 import nats
 from nats.errors import Error as NatsError
 
-from dashboard.search.subjects import SubjectError
-from dashboard.search.subjects import validate as validate_subject
 from eventbus.natsconn import servers
 
 API = "$JS.API"
@@ -62,6 +61,9 @@ STREAM_FIXED = ("name", "storage")
 CONSUMER_FIXED = ("durable_name", "deliver_policy", "opt_start_seq", "ack_policy")
 
 
+NO_SUCH_MESSAGE = "There is no message with this sequence (deleted, purged or never stored)."
+
+
 class AdminError(Exception):
     """A change that did not happen. `errors` pairs a field (None: the whole request) with a
     message in plain words; `err_code` is JetStream's, when the server refused."""
@@ -93,6 +95,34 @@ class Unreachable(AdminError):
 
 
 # --- validation (pure) ---------------------------------------------------------------------
+
+MAX_SUBJECT = 1024
+
+
+class SubjectError(ValueError):
+    pass
+
+
+def validate_subject(pattern: str) -> str:
+    """The rules of dashboard/search/subjects.py's `validate`, here because importing the
+    dashboard package loads Django, and this module must not."""
+    if not pattern:
+        raise SubjectError("the subject is empty")
+    if len(pattern) > MAX_SUBJECT:
+        raise SubjectError(f"the subject is longer than {MAX_SUBJECT} characters")
+    if any(ch.isspace() for ch in pattern):
+        raise SubjectError("a subject cannot contain spaces or other whitespace")
+    tokens = pattern.split(".")
+    for i, token in enumerate(tokens):
+        if not token:
+            raise SubjectError(
+                "a subject cannot have an empty token (two dots, or a dot at an end)"
+            )
+        if token == ">" and i != len(tokens) - 1:
+            raise SubjectError("'>' matches the rest of a subject: it can only be the last token")
+        if token not in ("*", ">") and ("*" in token or ">" in token):
+            raise SubjectError(f"a wildcard must be a whole token: '{token}'")
+    return pattern
 
 
 def name_problem(name: str, what: str = "stream") -> str | None:
@@ -231,8 +261,8 @@ _BY_WORDS: list[tuple[str, str, str | None]] = [
         "storage",
         "JetStream does not change a stream's storage: create a new stream instead.",
     ),
-    ("max age", "max_age", None),
     ("duplicates window", "duplicate_window", None),
+    ("max age", "max_age", None),
     ("replicas", "num_replicas", None),
     ("overlaps", "subjects", None),
     ("subject", "subjects", None),
@@ -354,7 +384,12 @@ class Admin:
         _check_name(name)
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
             raise Invalid([("seq", "A sequence is a whole number from 1.")])
-        await self._api(f"STREAM.MSG.DELETE.{name}", {"seq": seq})
+        try:
+            await self._api(f"STREAM.MSG.DELETE.{name}", {"seq": seq})
+        except AdminError as exc:
+            if exc.err_code not in (10057, 10037) and "sequence" not in str(exc).lower():
+                raise
+            raise Refused([("seq", NO_SUCH_MESSAGE)], exc.err_code) from exc
 
     # consumers
     async def consumer_info(self, stream: str, name: str) -> dict[str, Any]:
@@ -441,14 +476,16 @@ async def connect(url: str, creds: str = "", timeout: float = 3.0) -> AsyncItera
     options: dict[str, Any] = {
         "connect_timeout": timeout,
         "allow_reconnect": False,
-        "max_reconnect_attempts": 0,
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.2,
         "name": "flowscope-admin",
         "error_cb": quiet,
     }
     if creds:
         options["user_credentials"] = creds
     try:
-        nc = await nats.connect(servers(url), **options)
+        async with asyncio.timeout(2 * timeout):  # nats-py may keep trying a dead server
+            nc = await nats.connect(servers(url), **options)
     except Exception as exc:  # refused, timed out, no servers, bad credentials
         raise Unreachable(
             [
