@@ -67,7 +67,7 @@ def test_an_admin_creates_purges_and_deletes_a_stream(
         page.wait_for_url(web + "/")
         assert "deleted" in page.locator("#flash").inner_text()
         deadline = time.monotonic() + 30
-        while name in page.locator("#streams").inner_text():
+        while page.locator(f'#streams tr[data-stream="{name}"]').count():
             assert time.monotonic() < deadline, "the deleted stream stays on the overview"
             time.sleep(0.5)
             page.goto(web + "/")

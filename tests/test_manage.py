@@ -3,6 +3,7 @@ and PostgreSQL. Personas as in test_roles: nobody, vera the viewer, oscar the op
 admin. What the server holds is read back with plain JetStream API requests, not through the
 code under test."""
 
+# ruff: noqa: F811  (the personas fixture, imported from test_roles, is a parameter)
 from __future__ import annotations
 
 import asyncio
@@ -66,7 +67,7 @@ def nats_url(nats_server: EmbeddedNats, settings: Any) -> str:
 
 
 @pytest.fixture
-def alice(people: dict[str, User]) -> Client:  # noqa: F811
+def alice(people: dict[str, User]) -> Client:
     return client_for(people["alice"])
 
 
@@ -191,8 +192,15 @@ def test_an_admin_manages_a_consumer(nats_url: str, alice: Client, unique: str) 
     assert r.status_code == 302
     assert not ask(nats_url, f"CONSUMER.INFO.{name}.billing").get("paused")
 
-    r = alice.post(f"/streams/{name}/consumers/new/", {"name": "billing",
-                   "deliver_policy": "all", "ack_policy": "explicit", "replay_policy": "instant"})  # fmt: skip
+    r = alice.post(
+        f"/streams/{name}/consumers/new/",
+        {
+            "name": "billing",
+            "deliver_policy": "all",
+            "ack_policy": "explicit",
+            "replay_policy": "instant",
+        },
+    )
     assert r.status_code == 400 and "already exists" in field_errors(r)["name"]
     r = alice.post(f"/streams/{name}/consumers/billing/delete/", {"confirm": "billing"})
     assert r.status_code == 302
@@ -408,7 +416,7 @@ def test_each_persona_may_manage_or_not(
     nats_url: str,
     people: dict[str, User],
     unique: str,
-    who: str | None,  # noqa: F811
+    who: str | None,
 ) -> None:
     s, c = f"P_{unique}", "cons"
     ask(nats_url, f"STREAM.CREATE.{s}", {"name": s, "subjects": [f"p.{unique}"]})
@@ -441,7 +449,7 @@ def test_each_persona_may_manage_or_not(
 def test_only_admins_see_the_management_buttons(
     nats_url: str,
     people: dict[str, User],
-    unique: str,  # noqa: F811
+    unique: str,
 ) -> None:
     from dashboard.models import Consumer, Stream
 
