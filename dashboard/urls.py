@@ -3,15 +3,42 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from dashboard import health, security, views
-from dashboard.pages import audit, event, events, streams, tokens, topology
+from dashboard.pages import audit, event, events, manage, streams, tokens, topology
 
 urlpatterns = [
     path("", views.overview, name="overview"),
+    # before streams/<name>/: a stream named "new" is managed, not shown, at /streams/new/
+    path("streams/new/", manage.stream_new, name="stream-new"),
     path("streams/<str:name>/", streams.stream_detail, name="stream"),
+    path("streams/<str:name>/edit/", manage.stream_edit, name="stream-edit"),
+    path("streams/<str:name>/purge/", manage.stream_purge, name="stream-purge"),
+    path("streams/<str:name>/delete/", manage.stream_delete, name="stream-delete"),
+    path("streams/<str:name>/messages/delete/", manage.message_delete, name="message-delete"),
+    path("streams/<str:name>/consumers/new/", manage.consumer_new, name="consumer-new"),
     path(
         "streams/<str:name>/consumers/<str:consumer>/",
         streams.consumer_detail,
         name="consumer",
+    ),
+    path(
+        "streams/<str:name>/consumers/<str:consumer>/edit/",
+        manage.consumer_edit,
+        name="consumer-edit",
+    ),
+    path(
+        "streams/<str:name>/consumers/<str:consumer>/pause/",
+        manage.consumer_pause,
+        name="consumer-pause",
+    ),
+    path(
+        "streams/<str:name>/consumers/<str:consumer>/resume/",
+        manage.consumer_resume,
+        name="consumer-resume",
+    ),
+    path(
+        "streams/<str:name>/consumers/<str:consumer>/delete/",
+        manage.consumer_delete,
+        name="consumer-delete",
     ),
     path("topology/", topology.topology, name="topology"),
     path("events/", events.events, name="events"),

@@ -12,6 +12,7 @@ from typing import Any
 from ninja import NinjaAPI
 
 from dashboard.api import errors
+from dashboard.api import manage as _manage  # noqa: F401  (adds its operations to /streams)
 from dashboard.api.audit import router as audit_router
 from dashboard.api.auth import API_AUTH
 from dashboard.api.docs import VendoredSwagger
