@@ -24,6 +24,7 @@ from typing import Any
 import nats
 from nats.errors import Error as NatsError
 
+from eventbus import subjects
 from eventbus.natsconn import servers
 
 API = "$JS.API"
@@ -96,33 +97,9 @@ class Unreachable(AdminError):
 
 # --- validation (pure) ---------------------------------------------------------------------
 
-MAX_SUBJECT = 1024
-
-
-class SubjectError(ValueError):
-    pass
-
-
-def validate_subject(pattern: str) -> str:
-    """The rules of dashboard/search/subjects.py's `validate`, here because importing the
-    dashboard package loads Django, and this module must not."""
-    if not pattern:
-        raise SubjectError("the subject is empty")
-    if len(pattern) > MAX_SUBJECT:
-        raise SubjectError(f"the subject is longer than {MAX_SUBJECT} characters")
-    if any(ch.isspace() for ch in pattern):
-        raise SubjectError("a subject cannot contain spaces or other whitespace")
-    tokens = pattern.split(".")
-    for i, token in enumerate(tokens):
-        if not token:
-            raise SubjectError(
-                "a subject cannot have an empty token (two dots, or a dot at an end)"
-            )
-        if token == ">" and i != len(tokens) - 1:
-            raise SubjectError("'>' matches the rest of a subject: it can only be the last token")
-        if token not in ("*", ">") and ("*" in token or ">" in token):
-            raise SubjectError(f"a wildcard must be a whole token: '{token}'")
-    return pattern
+# NATS subject rules: one module for the event browser's filters and these forms
+validate_subject = subjects.validate
+SubjectError = subjects.SubjectError
 
 
 def name_problem(name: str, what: str = "stream") -> str | None:

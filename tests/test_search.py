@@ -14,8 +14,8 @@ from django.db import connection
 
 from dashboard.models import Stream
 from dashboard.search import FilterError, parse_filter, search_events
-from dashboard.search import subjects as subj
 from dashboard.search.query import decode_cursor
+from eventbus import subjects as subj
 from tests.test_stream_page_data import ensure_partition
 
 NOW = datetime.now(UTC).replace(microsecond=0)

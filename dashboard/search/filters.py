@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
-from dashboard.search import subjects
+from eventbus import subjects
 
 # the relative ranges offered by the page; `last` also takes any "<number><s|m|h|d>"
 RANGES = (("15m", "15 min"), ("1h", "1 h"), ("6h", "6 h"), ("24h", "24 h"), ("7d", "7 d"))

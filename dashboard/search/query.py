@@ -28,8 +28,8 @@ from django.db import connection, transaction
 from django.db.utils import OperationalError
 
 from dashboard.models import Stream
-from dashboard.search import subjects
 from dashboard.search.filters import EventFilter, FilterError
+from eventbus import subjects
 
 MAX_LIMIT = 500
 DEFAULT_BUDGET = 2.0  # seconds a search may spend before it says how far it got

@@ -1,4 +1,5 @@
-"""NATS subject filters: `*` matches exactly one token, `>` one or more tokens at the end.
+"""NATS subjects and subject filters, for the event browser's search and the stream forms:
+`*` matches exactly one token, `>` one or more tokens at the end.
 
 Pure functions, unit-tested; the search turns a filter into a PostgreSQL regular expression
 (`subject ~ ...`) that means exactly what the server means by it.
