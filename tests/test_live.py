@@ -283,3 +283,26 @@ async def test_a_page_that_acknowledges_has_one_message_in_flight_and_gets_the_l
     assert "overview" in await socket.receive_from(timeout=5)  # acknowledged: pushes go on
     await nc.close()
     await socket.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_the_socket_asks_the_role_check(live_hub, settings):
+    """Every persona may watch (browse); nobody may not, unless reading is public; an inactive
+    user may not (dashboard/roles.py decides, as for the pages)."""
+    from django.contrib.auth.models import AnonymousUser, Group
+
+    viewer = await _user("vera")
+    await sync_to_async(lambda: viewer.groups.add(Group.objects.get_or_create(name="viewer")[0]))()
+    inactive = await _user("gone")
+    inactive.is_active = False
+    for user, expected in ((viewer, True), (inactive, False), (AnonymousUser(), False)):
+        socket = _socket(user)
+        connected, _ = await socket.connect()
+        assert connected is expected, user
+        await socket.disconnect()
+    settings.FLOWSCOPE_PUBLIC_READ = True
+    socket = _socket(AnonymousUser())
+    connected, _ = await socket.connect()
+    assert connected is True
+    await socket.disconnect()

@@ -25,8 +25,10 @@ import logging
 import time
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from dashboard import roles
 from dashboard.live.hub import Parts, group_name, hub
 from dashboard.live.topics import parse_topics
 
@@ -40,7 +42,7 @@ clients = 0  # open sockets in this process (for /metrics)
 class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def connect(self) -> None:
         user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
+        if not await database_sync_to_async(roles.can)(user, "browse"):
             await self.close()  # before accept: the handshake is refused (HTTP 403)
             return
         query = self.scope.get("query_string", b"").decode("latin-1")
