@@ -366,3 +366,51 @@ def test_the_json_filter_works_when_postgresql_scans_in_parallel(orders: Stream)
     finally:
         with connection.cursor() as cur:
             cur.execute("RESET ALL")
+
+
+def test_a_subject_with_few_stored_subjects_is_served_by_its_index(orders: Stream) -> None:
+    """Few concrete subjects under a filter's prefix: one index scan each, merged newest first,
+    keyset pages across them; the same answer as the time walk gives."""
+    from dashboard.search import query
+
+    page = search_events(parse_filter({"subject": "orders.eu.>"}), limit=7, now=NOW)
+    assert page.plan == "subject"
+    seen = [i["seq"] for i in page.items]
+    cursor = page.next
+    while cursor:
+        more = search_events(parse_filter({"subject": "orders.eu.>"}), limit=7, cursor=cursor)
+        seen += [i["seq"] for i in more.items]
+        cursor = more.next
+    assert seen == [s for s in range(300, 0, -1) if s % 3 == 0]
+    assert search_events(parse_filter({"subject": "orders.us.paid"})).plan == "subject"
+    assert query.stored_subjects("orders.eu.>") == ["orders.eu.created", "orders.eu.paid"]
+    assert query.stored_subjects("nothing.>") == []  # no subject stored: no event, at once
+    assert query.stored_subjects("*.eu.>") is None  # no prefix: the time walk
+    with_text = search_events(parse_filter({"subject": "orders.eu.>", "text": "refund"}))
+    assert with_text.plan == "time"  # other filters: the walk that can say how far it got
+    assert [i["seq"] for i in with_text.items] == [300, 150]
+
+
+def test_subject_prefixes_are_ranges_in_byte_order(db: None) -> None:
+    """'orders.' .. 'orders/' in byte order, whatever the database's collation: a linguistic
+    one sorts punctuation apart and would let a range miss or take subjects."""
+    from dashboard.search import query
+
+    stream = make_stream("PUNCT")
+    names = ["orders.a", "orders-b", "ordersc", "orders/x", "orders.z.y", "orders", "Orders.q"]
+    store(stream, [{"seq": i + 1, "ts": NOW - timedelta(seconds=i), "subject": n}
+                   for i, n in enumerate(names)])  # fmt: skip
+    assert query.stored_subjects("orders.>") == ["orders.a", "orders.z.y"]
+    assert seqs({"subject": "orders.>"}) == [1, 5]
+    assert seqs({"subject": "orders.*"}) == [1]
+
+
+def test_too_many_subjects_under_a_prefix_go_to_the_time_walk(db: None) -> None:
+    from dashboard.search import query
+
+    stream = make_stream("MANY")
+    store(stream, [{"seq": i + 1, "ts": NOW - timedelta(seconds=i), "subject": f"m.{i}"}
+                   for i in range(query.MAX_SUBJECTS + 1)])  # fmt: skip
+    assert query.stored_subjects("m.*") is None
+    page = search_events(parse_filter({"subject": "m.*"}), limit=500, now=NOW)
+    assert page.plan == "time" and len(page.items) == query.MAX_SUBJECTS + 1

@@ -248,6 +248,12 @@ def _segments(f: EventFilter) -> tuple[str, list[_Segment], dict[int, str]]:
             seg.params.append(ids)
         return ("trace" if f.trace_id else "msg_id"), [seg], names
     if not f.stream:
+        # by subject when nothing else filters the rows (a scan per subject reads them all;
+        # the time walk, which can say how far it got, serves the rest)
+        alone = not (f.text or f.json or f.header or f.service or f.min_size or f.max_size)
+        stored = stored_subjects(f.subject) if f.subject and alone else None
+        if stored is not None:  # a few concrete subjects: one index scan each, merged
+            return "subject", [_Segment("subjects", "subjects", [], [stored])], {}
         return "time", [_Segment("all", "time")], {}
     streams = incarnations(f.stream)
     if not streams:
@@ -257,6 +263,74 @@ def _segments(f: EventFilter) -> tuple[str, list[_Segment], dict[int, str]]:
         segs.append(_Segment(f"{s.id}:seq", "seq", ["stream_id = %s"], [s.id]))
         segs.append(_Segment(f"{s.id}:null", "time", ["stream_id = %s", "seq IS NULL"], [s.id]))
     return "stream", segs, {s.id: s.name for s in streams}
+
+
+MAX_SUBJECTS = 64  # concrete subjects a filter may expand to before the time walk serves it
+
+
+def stored_subjects(pattern: str) -> list[str] | None:
+    """The stored subjects `pattern` matches, when there are at most MAX_SUBJECTS of them under
+    its literal prefix: found by skipping through the (subject, ts) index one distinct subject
+    at a time (a loose index scan), not by reading events. None: too many, or no prefix to
+    narrow by (the time walk serves those; matches are common there)."""
+    if not subjects.has_wildcard(pattern):
+        return [pattern]
+    prefix = subjects.literal_prefix(pattern)
+    if not prefix:
+        return None
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the prefix ends with "."; "/" follows it
+    with connection.cursor() as cur:
+        cur.execute(
+            """
+            WITH RECURSIVE s(subject, n) AS (
+                (SELECT subject COLLATE "C", 1 FROM flowscope_event
+                 WHERE subject COLLATE "C" >= %(lo)s AND subject COLLATE "C" < %(hi)s
+                 ORDER BY subject COLLATE "C" LIMIT 1)
+                UNION ALL
+                SELECT (SELECT e.subject COLLATE "C" FROM flowscope_event e
+                        WHERE e.subject COLLATE "C" > s.subject
+                          AND e.subject COLLATE "C" < %(hi)s
+                        ORDER BY e.subject COLLATE "C" LIMIT 1), n + 1
+                FROM s WHERE s.subject IS NOT NULL AND n <= %(most)s
+            )
+            SELECT subject FROM s WHERE subject IS NOT NULL
+            """,
+            {"lo": prefix, "hi": upper, "most": MAX_SUBJECTS},
+        )
+        found = [r[0] for r in cur.fetchall()]
+    if len(found) > MAX_SUBJECTS:
+        return None
+    return [x for x in found if subjects.matches(pattern, x)]
+
+
+def _subject_rows(
+    seg: _Segment, where: list[str], params: list[Any], pos: dict[str, Any] | None,
+    want: int, deadline: float,
+) -> list[tuple[Any, ...]]:  # fmt: skip
+    """The newest matches of each concrete subject (one backward scan of (subject, ts) each),
+    merged newest first."""
+    names: list[str] = seg.params[0]
+    if not names:
+        return []
+    at = from_micros(pos["t"]) if pos is not None and pos.get("t") is not None else None
+    parts: list[str] = []
+    args: list[Any] = []
+    for name in names:
+        conds = ['subject COLLATE "C" = %s', *where]
+        args += [name, *params]
+        if at is not None and pos is not None:
+            conds += ["ts <= %s", "(ts, id) < (%s, %s)"]
+            args += [at, at, pos["i"]]
+        parts.append(
+            f"(SELECT {COLUMNS} FROM flowscope_event WHERE {' AND '.join(conds)}"
+            f" ORDER BY ts DESC, id DESC LIMIT {want})"
+        )
+    union = " UNION ALL ".join(parts)
+    sql = f"SELECT * FROM ({union}) AS merged ORDER BY ts DESC, id DESC LIMIT {want}"
+    try:
+        return _fetch(deadline, sql, args)
+    except _OutOfTime:
+        raise _Stopped([], None, None, None, None) from None
 
 
 class _Stopped(Exception):
@@ -492,6 +566,8 @@ def search_events(
         try:
             if seg.axis == "index":
                 found = _index_rows(seg, where, params, pos, need, deadline)
+            elif seg.axis == "subjects":
+                found = _subject_rows(seg, where, params, pos, need, deadline)
             elif seg.axis == "seq":
                 found = _walk_seq(seg, where, params, pos, need, deadline, since, until)
             else:
