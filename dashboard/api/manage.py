@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Literal, NoReturn
 
 from django.http import HttpRequest
-from ninja import Field, Schema
+from ninja import Field, Schema, Status
 from ninja.errors import HttpError, ValidationError
 
 from dashboard import jetstream
@@ -117,10 +117,10 @@ def _given(payload: Schema) -> dict[str, Any]:
 
 
 @router.post("", response={201: StreamConfigOut, **CHANGE_ERRORS}, summary="Create a stream")
-def create_stream(request: HttpRequest, payload: StreamIn) -> tuple[int, dict[str, Any]]:
+def create_stream(request: HttpRequest, payload: StreamIn) -> Status[dict[str, Any]]:
     need(request, "manage")
     try:
-        return 201, {"config": jetstream.create_stream(request, _given(payload))}
+        return Status(201, {"config": jetstream.create_stream(request, _given(payload))})
     except AdminError as exc:
         _refused(exc)
 
@@ -140,13 +140,13 @@ def update_stream(request: HttpRequest, name: str, payload: StreamPatch) -> dict
 
 
 @router.delete("/{name}", response={204: None, **CHANGE_ERRORS}, summary="Delete a stream")
-def delete_stream(request: HttpRequest, name: str) -> tuple[int, None]:
+def delete_stream(request: HttpRequest, name: str) -> Status[None]:
     need(request, "manage")
     try:
         jetstream.delete_stream(request, name)
     except AdminError as exc:
         _refused(exc)
-    return 204, None
+    return Status(204, None)
 
 
 @router.post(
@@ -168,13 +168,13 @@ def purge_stream(request: HttpRequest, name: str, payload: PurgeIn) -> dict[str,
     response={204: None, **CHANGE_ERRORS},
     summary="Delete one message by sequence",
 )
-def delete_message(request: HttpRequest, name: str, seq: int) -> tuple[int, None]:
+def delete_message(request: HttpRequest, name: str, seq: int) -> Status[None]:
     need(request, "manage")
     try:
         jetstream.delete_message(request, name, seq)
     except AdminError as exc:
         _refused(exc)
-    return 204, None
+    return Status(204, None)
 
 
 def _consumer_config(payload: ConsumerIn) -> dict[str, Any]:
@@ -188,12 +188,12 @@ def _consumer_config(payload: ConsumerIn) -> dict[str, Any]:
     response={201: StreamConfigOut, **CHANGE_ERRORS},
     summary="Create a durable pull consumer",
 )
-def create_consumer(
-    request: HttpRequest, name: str, payload: ConsumerIn
-) -> tuple[int, dict[str, Any]]:
+def create_consumer(request: HttpRequest, name: str, payload: ConsumerIn) -> Status[dict[str, Any]]:
     need(request, "manage")
     try:
-        return 201, {"config": jetstream.create_consumer(request, name, _consumer_config(payload))}
+        return Status(
+            201, {"config": jetstream.create_consumer(request, name, _consumer_config(payload))}
+        )
     except AdminError as exc:
         _refused(exc)
 
@@ -218,13 +218,13 @@ def update_consumer(
     response={204: None, **CHANGE_ERRORS},
     summary="Delete a consumer",
 )
-def delete_consumer(request: HttpRequest, name: str, consumer: str) -> tuple[int, None]:
+def delete_consumer(request: HttpRequest, name: str, consumer: str) -> Status[None]:
     need(request, "manage")
     try:
         jetstream.delete_consumer(request, name, consumer)
     except AdminError as exc:
         _refused(exc)
-    return 204, None
+    return Status(204, None)
 
 
 @router.post(
