@@ -12,8 +12,9 @@ such stream or consumer, 503 NATS unreachable."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar
 
 from django.http import HttpRequest
 from ninja import Field, Schema, Status
@@ -24,6 +25,8 @@ from dashboard.api.auth import need
 from dashboard.api.schemas import ErrorOut
 from dashboard.api.streams import router
 from eventbus.admin import AdminError, NotFound, Unreachable
+
+T = TypeVar("T")
 
 CHANGE_ERRORS: dict[int, type[Schema]] = {
     400: ErrorOut,
@@ -112,17 +115,25 @@ def _refused(error: AdminError) -> NoReturn:
     )
 
 
+def _managed(request: HttpRequest, change: Callable[[], T]) -> T:
+    """Ask the role check, make the change (dashboard/jetstream.py audits it), answer the
+    server's refusal as the API's."""
+    need(request, "manage")
+    try:
+        return change()
+    except AdminError as exc:
+        _refused(exc)
+
+
 def _given(payload: Schema) -> dict[str, Any]:
     return payload.model_dump(exclude_none=True)
 
 
 @router.post("", response={201: StreamConfigOut, **CHANGE_ERRORS}, summary="Create a stream")
 def create_stream(request: HttpRequest, payload: StreamIn) -> Status[dict[str, Any]]:
-    need(request, "manage")
-    try:
-        return Status(201, {"config": jetstream.create_stream(request, _given(payload))})
-    except AdminError as exc:
-        _refused(exc)
+    return _managed(
+        request, lambda: Status(201, {"config": jetstream.create_stream(request, _given(payload))})
+    )
 
 
 @router.patch(
@@ -132,20 +143,14 @@ def create_stream(request: HttpRequest, payload: StreamIn) -> Status[dict[str, A
 )
 def update_stream(request: HttpRequest, name: str, payload: StreamPatch) -> dict[str, Any]:
     """The keys given replace the server's; name and storage cannot change."""
-    need(request, "manage")
-    try:
-        return {"config": jetstream.update_stream(request, name, _given(payload))}
-    except AdminError as exc:
-        _refused(exc)
+    return _managed(
+        request, lambda: {"config": jetstream.update_stream(request, name, _given(payload))}
+    )
 
 
 @router.delete("/{name}", response={204: None, **CHANGE_ERRORS}, summary="Delete a stream")
 def delete_stream(request: HttpRequest, name: str) -> Status[None]:
-    need(request, "manage")
-    try:
-        jetstream.delete_stream(request, name)
-    except AdminError as exc:
-        _refused(exc)
+    _managed(request, lambda: jetstream.delete_stream(request, name))
     return Status(204, None)
 
 
@@ -155,11 +160,10 @@ def delete_stream(request: HttpRequest, name: str) -> Status[None]:
     summary="Purge a stream: all, one subject, keep the newest N, or up to a sequence",
 )
 def purge_stream(request: HttpRequest, name: str, payload: PurgeIn) -> dict[str, Any]:
-    need(request, "manage")
-    try:
-        purged = jetstream.purge_stream(request, name, payload.subject, payload.keep, payload.seq)
-    except AdminError as exc:
-        _refused(exc)
+    purged = _managed(
+        request,
+        lambda: jetstream.purge_stream(request, name, payload.subject, payload.keep, payload.seq),
+    )
     return {"purged": purged}
 
 
@@ -169,11 +173,7 @@ def purge_stream(request: HttpRequest, name: str, payload: PurgeIn) -> dict[str,
     summary="Delete one message by sequence",
 )
 def delete_message(request: HttpRequest, name: str, seq: int) -> Status[None]:
-    need(request, "manage")
-    try:
-        jetstream.delete_message(request, name, seq)
-    except AdminError as exc:
-        _refused(exc)
+    _managed(request, lambda: jetstream.delete_message(request, name, seq))
     return Status(204, None)
 
 
@@ -189,13 +189,12 @@ def _consumer_config(payload: ConsumerIn) -> dict[str, Any]:
     summary="Create a durable pull consumer",
 )
 def create_consumer(request: HttpRequest, name: str, payload: ConsumerIn) -> Status[dict[str, Any]]:
-    need(request, "manage")
-    try:
-        return Status(
+    return _managed(
+        request,
+        lambda: Status(
             201, {"config": jetstream.create_consumer(request, name, _consumer_config(payload))}
-        )
-    except AdminError as exc:
-        _refused(exc)
+        ),
+    )
 
 
 @router.patch(
@@ -206,11 +205,10 @@ def create_consumer(request: HttpRequest, name: str, payload: ConsumerIn) -> Sta
 def update_consumer(
     request: HttpRequest, name: str, consumer: str, payload: ConsumerSettings
 ) -> dict[str, Any]:
-    need(request, "manage")
-    try:
-        return {"config": jetstream.update_consumer(request, name, consumer, _given(payload))}
-    except AdminError as exc:
-        _refused(exc)
+    return _managed(
+        request,
+        lambda: {"config": jetstream.update_consumer(request, name, consumer, _given(payload))},
+    )
 
 
 @router.delete(
@@ -219,11 +217,7 @@ def update_consumer(
     summary="Delete a consumer",
 )
 def delete_consumer(request: HttpRequest, name: str, consumer: str) -> Status[None]:
-    need(request, "manage")
-    try:
-        jetstream.delete_consumer(request, name, consumer)
-    except AdminError as exc:
-        _refused(exc)
+    _managed(request, lambda: jetstream.delete_consumer(request, name, consumer))
     return Status(204, None)
 
 
@@ -235,11 +229,9 @@ def delete_consumer(request: HttpRequest, name: str, consumer: str) -> Status[No
 def pause_consumer(
     request: HttpRequest, name: str, consumer: str, payload: PauseIn
 ) -> dict[str, Any]:
-    need(request, "manage")
-    try:
-        return jetstream.pause_consumer(request, name, consumer, payload.until)
-    except AdminError as exc:
-        _refused(exc)
+    return _managed(
+        request, lambda: jetstream.pause_consumer(request, name, consumer, payload.until)
+    )
 
 
 @router.post(
@@ -248,8 +240,4 @@ def pause_consumer(
     summary="Resume a paused consumer",
 )
 def resume_consumer(request: HttpRequest, name: str, consumer: str) -> dict[str, Any]:
-    need(request, "manage")
-    try:
-        return jetstream.resume_consumer(request, name, consumer)
-    except AdminError as exc:
-        _refused(exc)
+    return _managed(request, lambda: jetstream.resume_consumer(request, name, consumer))
