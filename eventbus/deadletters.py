@@ -22,6 +22,7 @@ moments of being published) is asked for again shortly before it is called gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import json
 import logging
@@ -397,10 +398,8 @@ async def _fetch(sub: Any, batch: int, timeout: float) -> list[Msg]:
 
 
 async def _unsubscribe(sub: Any) -> None:
-    try:
+    with contextlib.suppress(nats.errors.Error):
         await sub.unsubscribe()
-    except nats.errors.Error:
-        pass
 
 
 async def incarnation(

@@ -25,8 +25,8 @@ from nats.aio.client import Client
 from nats.errors import SlowConsumerError
 
 from eventbus import digest, lag, scan, topology
-from eventbus.deadletters import ADVISORY_STREAM, DeadLetterCapture
 from eventbus.aio import wait_event
+from eventbus.deadletters import ADVISORY_STREAM, DeadLetterCapture
 from eventbus.heartbeat import Heartbeat
 from eventbus.lease import Lease
 from eventbus.natsconn import servers

@@ -126,7 +126,7 @@ async def _rows(database_url: str, stream: str, count: int) -> list[tuple[Any, .
         rows = await query(database_url, ROWS, stream)
         return rows if len(rows) >= count else None
 
-    rows: list[tuple[Any, ...]] = await eventually(check, what=f"{count} dead letters")
+    await eventually(check, what=f"{count} dead letters")
     await asyncio.sleep(0.5)  # none more comes
     return await query(database_url, ROWS, stream)
 

@@ -1,4 +1,4 @@
-"""Dead letters (issue #15): what consumers gave up on, captured by the tap (eventbus/deadletters.py)."""
+"""Dead letters (issue #15): what consumers gave up on, as eventbus/deadletters.py captures it."""
 
 import django.db.models.deletion
 from django.db import migrations, models
