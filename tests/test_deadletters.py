@@ -283,3 +283,35 @@ async def test_each_message_of_a_dlq_stream_is_a_dead_letter(nats_server, databa
         (2, "", "dlq_stream", f"dlq.{unique}", b"second", "stream"),
     ]
     assert origins == [(1, "ORDERS", 42), (2, "", None)]
+
+
+async def test_an_advisory_delivered_twice_is_one_dead_letter(nats_server, database_url, unique):
+    """A redelivered advisory (its ack lost, or the server's own repeat) finds its row."""
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    stream, subject = f"TWICE_{unique}", f"twice.{unique}"
+    await js.add_stream(name=stream, subjects=[f"{subject}.>"])
+    await js.publish(f"{subject}.x", b"payload")
+    digests = await nc.subscribe("flowscope.digest.deadletters")
+    async with tap_running(nats_server.url, database_url) as tap:
+        await eventually(lambda: _stream_exists(js, ADVISORY_STREAM))
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z").encode()
+        advisory = MAX_DELIVER.replace(b'"WQ"', json.dumps(stream).encode()).replace(
+            b"2026-12-02T15:25:56.573183132Z", now
+        )
+        for _ in range(2):
+            await nc.publish(
+                f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.worker", advisory
+            )
+        rows = await _rows(database_url, stream, 1)
+        await eventually(lambda: _drained(js), what="both copies acked")
+        assert tap.deadletters is not None and tap.deadletters.written == 1
+        digest = json.loads((await digests.next_msg(timeout=5)).data)
+    await nc.close()
+    assert [(r[2], r[9], bytes(r[7])) for r in rows] == [("max_deliveries", "stream", b"payload")]
+    assert digest == {
+        "kind": "deadletters",
+        "counts": [{"stream": stream, "consumer": "worker", "reason": "max_deliveries",
+                    "count": 1}],
+        "total": 1,
+    }  # fmt: skip
