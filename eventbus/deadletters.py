@@ -27,6 +27,7 @@ import fnmatch
 import json
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,7 +50,7 @@ from psycopg.types.json import Jsonb
 
 from eventbus.aio import wait_event
 from eventbus.records import clean_text, parse_nats_time
-from eventbus.registry import list_streams
+from eventbus.registry import JetStreamError, list_streams
 
 log = logging.getLogger("flowscope.deadletters")
 
@@ -65,6 +66,14 @@ REASONS = {
     "io.nats.jetstream.advisory.v1.terminated": "terminated",
 }
 BATCH = 100
+# Failures that pass (NATS reconnecting, PostgreSQL restarting): waited out, not task failures.
+TRANSIENT = (
+    nats.errors.Error,
+    JetStreamError,
+    TimeoutError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 # What RePublish adds to the copies the tap records (ADR-28).
 REPUBLISH_HEADERS = frozenset(
     ("nats-stream", "nats-subject", "nats-sequence", "nats-time-stamp", "nats-last-sequence")
@@ -257,21 +266,37 @@ class DeadLetterCapture:
         self.bad = 0
 
     async def run(self) -> None:
+        """The advisories, until `stop`; NATS or PostgreSQL away is waited out here (what is
+        not acked stays in the stream), not counted as a failure of the task."""
+        await self._retrying("advisories", self._advisory_session)
+
+    async def run_dlq(self) -> None:
+        """The dead-letter streams (FLOWSCOPE_DLQ_STREAMS), until `stop`."""
+        await self._retrying("dead-letter streams", self._dlq_streams)
+
+    async def _retrying(self, what: str, session: Callable[[], Awaitable[None]]) -> None:
+        while not self.stop.is_set():
+            try:
+                await session()
+            except TRANSIENT as exc:
+                if self.stop.is_set():
+                    return
+                log.warning("dead letters: %s paused (%r): retrying in 2 s", what, exc)
+                await wait_event(self.stop, 2.0)
+
+    async def _advisory_session(self) -> None:
         js = self.nc.jetstream()
         await ensure_advisory_stream(js, self.advisory_stream)
         sub = await durable(js, self.advisory_stream, ADVISORY_CONSUMER)
         log.info("dead letters: reading advisories from stream %s", self.advisory_stream)
-        async with await psycopg.AsyncConnection.connect(
-            self.database_url, autocommit=True, application_name="flowscope-tap-deadletters",
-            connect_timeout=5,
-        ) as db:  # fmt: skip
-            try:
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._advisories(db, js, sub))
-                    if self.dlq_streams:
-                        tasks.create_task(self._dlq_streams(js))
-            finally:
-                await _unsubscribe(sub)
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.database_url, autocommit=True, application_name="flowscope-tap-deadletters",
+                connect_timeout=5,
+            ) as db:  # fmt: skip
+                await self._advisories(db, js, sub)
+        finally:
+            await _unsubscribe(sub)
 
     async def _advisories(
         self, db: psycopg.AsyncConnection[Any], js: JetStreamContext, sub: Any
@@ -336,8 +361,9 @@ class DeadLetterCapture:
             except nats.errors.Error as exc:
                 log.warning("dead letters: digest not sent (%r)", exc)
 
-    async def _dlq_streams(self, js: JetStreamContext) -> None:
+    async def _dlq_streams(self) -> None:
         """Every stream matching FLOWSCOPE_DLQ_STREAMS, each message one dead letter."""
+        js = self.nc.jetstream()
         subs: dict[str, Any] = {}
         async with await psycopg.AsyncConnection.connect(
             self.database_url, autocommit=True, application_name="flowscope-tap-deadletters",

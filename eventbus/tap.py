@@ -195,13 +195,19 @@ class Tap:
         sup.spawn("retention", self._retention_loop)
         sup.spawn("lag sampler", self._lag_loop)
         sup.spawn("topology", self._topology_loop)
-        sup.spawn("dead letters", self._deadletters_loop)
+        c = self.config  # dead letters: eventbus/deadletters.py
+        self.deadletters = DeadLetterCapture(self.nc, c.database_url, self.stop,
+                                             advisory_stream=c.advisory_stream,
+                                             dlq_streams=c.dlq_streams,
+                                             subject_prefix=c.subject_prefix)  # fmt: skip
+        sup.spawn("dead letters", self.deadletters.run)
+        if c.dlq_streams:
+            sup.spawn("dead-letter streams", self.deadletters.run_dlq)
         await self.stop.wait()
         log.info("tap %s stopping: flushing what it holds", self.id)
         # The loops first, so none of them starts an observer after this point.
-        await sup.wait(
-            ["discovery", "heartbeat", "retention", "lag sampler", "dead letters"], timeout=10
-        )
+        loops = ["discovery", "heartbeat", "retention", "lag sampler", "dead letters"]
+        await sup.wait([*loops, "dead-letter streams"], timeout=10)
         for name in list(self.observers):
             await self._stop_observer(name)
         for sub in (advisories, observing):
@@ -448,16 +454,6 @@ class Tap:
             on_sample=on_sample,
             streams=lambda: list(self.observers),
         )
-
-    async def _deadletters_loop(self) -> None:
-        """Max-deliveries and terminated advisories, and DLQ streams (eventbus/deadletters.py)."""
-        assert self.nc is not None
-        c = self.config
-        self.deadletters = DeadLetterCapture(self.nc, c.database_url, self.stop,
-                                             advisory_stream=c.advisory_stream,
-                                             dlq_streams=c.dlq_streams,
-                                             subject_prefix=c.subject_prefix)  # fmt: skip
-        await self.deadletters.run()
 
     async def _topology_loop(self) -> None:
         """Micro services and client connections, as NATS reports them (eventbus/topology.py)."""

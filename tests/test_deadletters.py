@@ -206,7 +206,7 @@ async def test_two_taps_write_each_dead_letter_once(nats_server, database_url, u
     a, b = (Tap(config(nats_server.url, database_url), stop) for _ in range(2))
     running = asyncio.gather(a.run(), b.run())
     try:
-        await eventually(lambda: _bound(js))
+        await eventually(lambda: _bound_by(js, 2))  # both taps pull
         for i in range(20):
             await js.publish(f"{subject}.bad", f"b{i}".encode())
         await _work(nc, js, stream)
@@ -220,14 +220,6 @@ async def test_two_taps_write_each_dead_letter_once(nats_server, database_url, u
     await nc.close()
     assert sorted(r[0] for r in rows) == list(range(1, 21))
     assert info.num_ack_pending == 0 and info.num_pending == 0
-
-
-async def _bound(js: Any) -> bool:
-    try:
-        info = await js.consumer_info(ADVISORY_STREAM, ADVISORY_CONSUMER)
-    except nats.js.errors.NotFoundError:
-        return False
-    return bool(info.num_waiting >= 2)  # both taps are pulling
 
 
 async def _drained(js: Any) -> Any:
@@ -315,3 +307,39 @@ async def test_an_advisory_delivered_twice_is_one_dead_letter(nats_server, datab
                     "count": 1}],
         "total": 1,
     }  # fmt: skip
+
+
+async def test_capture_waits_out_a_nats_restart(nats_server, database_url, unique):
+    """NATS away for a while is no failure of the task (five would end the tap)."""
+    async with tap_running(nats_server.url, database_url) as tap:
+        nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        js = nc.jetstream()
+        await eventually(lambda: _bound_by(js, 1))
+        nats_server.stop()
+        await asyncio.sleep(3)
+        nats_server.start()
+        stream, subject = f"BACK_{unique}", f"back.{unique}"
+        await eventually(lambda: _can_add(js, stream, subject), what="NATS back")
+        await js.publish(f"{subject}.bad", b"after the restart")
+        await _work(nc, js, stream)
+        rows = await _rows(database_url, stream, 1)
+        assert tap.supervisor.tasks["dead letters"].restarts == 0
+        assert tap.supervisor.fatal is None
+    await nc.close()
+    assert [(r[2], bytes(r[7])) for r in rows] == [("terminated", b"after the restart")]
+
+
+async def _bound_by(js: Any, taps: int) -> bool:
+    try:
+        info = await js.consumer_info(ADVISORY_STREAM, ADVISORY_CONSUMER)
+    except nats.js.errors.NotFoundError:
+        return False
+    return bool(info.num_waiting >= taps)
+
+
+async def _can_add(js: Any, stream: str, subject: str) -> bool:
+    try:
+        await _stream(js, stream, subject, "limits")
+        return True
+    except (nats.errors.Error, TimeoutError):
+        return False
