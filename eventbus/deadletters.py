@@ -304,18 +304,31 @@ class DeadLetterCapture:
         while not self.stop.is_set():
             msgs = await _fetch(sub, BATCH, 1.0)
             counts: Counter[tuple[str, str, str]] = Counter()
-            for msg in msgs:
-                death = await self._parse(msg)
-                if death is None:
-                    continue
-                original = await self._original(db, js, death)
-                if original is None:  # the tap may still record it: ask again soon
-                    await msg.nak(delay=1)
-                    continue
-                if await insert(db, death, original):
-                    counts[death.stream, death.consumer, death.reason] += 1
-                await msg.ack()  # after the commit (autocommit): a lost ack only repeats
+            for n, msg in enumerate(msgs):
+                try:
+                    await self._capture(db, js, msg, counts)
+                except BaseException:  # what this tap holds goes back at once, not after ack wait
+                    await _nak(msgs[n:])
+                    raise
             await self._announce(counts)
+
+    async def _capture(
+        self,
+        db: psycopg.AsyncConnection[Any],
+        js: JetStreamContext,
+        msg: Msg,
+        counts: Counter[tuple[str, str, str]],
+    ) -> None:
+        death = await self._parse(msg)
+        if death is None:
+            return
+        original = await self._original(db, js, death)
+        if original is None:  # the tap may still record it: ask again soon
+            await msg.nak(delay=1)
+            return
+        if await insert(db, death, original):
+            counts[death.stream, death.consumer, death.reason] += 1
+        await msg.ack()  # after the commit (autocommit): a lost ack only repeats
 
     async def _parse(self, msg: Msg) -> Death | None:
         try:
@@ -399,7 +412,8 @@ class DeadLetterCapture:
 
     async def _dlq_batch(self, db: psycopg.AsyncConnection[Any], name: str, sub: Any) -> None:
         counts: Counter[tuple[str, str, str]] = Counter()
-        for msg in await _fetch(sub, BATCH, 0.5):
+        msgs = await _fetch(sub, BATCH, 0.5)
+        for n, msg in enumerate(msgs):
             meta = msg.metadata
             death, original = dlq_letter(
                 name,
@@ -409,9 +423,13 @@ class DeadLetterCapture:
                 msg.data,
                 meta.timestamp,
             )
-            if await insert(db, death, original):
-                counts[death.stream, death.consumer, death.reason] += 1
-            await msg.ack()
+            try:
+                if await insert(db, death, original):
+                    counts[death.stream, death.consumer, death.reason] += 1
+            except BaseException:
+                await _nak(msgs[n:])
+                raise
+            await msg.ack()  # after the commit
         await self._announce(counts)
 
 
@@ -421,6 +439,12 @@ async def _fetch(sub: Any, batch: int, timeout: float) -> list[Msg]:
         return msgs
     except TimeoutError:  # nats-py raises asyncio's or its own (a subclass)
         return []
+
+
+async def _nak(msgs: list[Msg]) -> None:
+    for msg in msgs:
+        with contextlib.suppress(Exception):  # NATS away: the ack wait brings them back
+            await msg.nak()
 
 
 async def _unsubscribe(sub: Any) -> None:

@@ -309,8 +309,9 @@ async def test_an_advisory_delivered_twice_is_one_dead_letter(nats_server, datab
     }  # fmt: skip
 
 
-async def test_capture_waits_out_a_nats_restart(nats_server, database_url, unique):
-    """NATS away for a while is no failure of the task (five would end the tap)."""
+async def test_capture_waits_out_nats_and_postgresql_going_away(nats_server, database_url, unique):
+    """NATS restarted, the capture's database connection killed five times: no failure of the
+    task (five in a row would end the tap), and every dead letter is there."""
     async with tap_running(nats_server.url, database_url) as tap:
         nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         js = nc.jetstream()
@@ -320,13 +321,27 @@ async def test_capture_waits_out_a_nats_restart(nats_server, database_url, uniqu
         nats_server.start()
         stream, subject = f"BACK_{unique}", f"back.{unique}"
         await eventually(lambda: _can_add(js, stream, subject), what="NATS back")
-        await js.publish(f"{subject}.bad", b"after the restart")
-        await _work(nc, js, stream)
-        rows = await _rows(database_url, stream, 1)
+        for i in range(5):
+            await eventually(lambda: _kill(database_url), what="the capture's connection")
+            await js.publish(f"{subject}.bad", f"after {i}".encode())
+            await _work(nc, js, stream, rounds=2)
+            await _rows(database_url, stream, i + 1)
         assert tap.supervisor.tasks["dead letters"].restarts == 0
         assert tap.supervisor.fatal is None
+        rows = await query(database_url, ROWS, stream)
     await nc.close()
-    assert [(r[2], bytes(r[7])) for r in rows] == [("terminated", b"after the restart")]
+    assert [(r[2], bytes(r[7])) for r in rows] == [
+        ("terminated", f"after {i}".encode()) for i in range(5)
+    ]
+
+
+async def _kill(database_url: str) -> bool:
+    rows = await query(
+        database_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'flowscope-tap-deadletters' AND datname = current_database()",
+    )
+    return bool(rows)
 
 
 async def _bound_by(js: Any, taps: int) -> bool:
