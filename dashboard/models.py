@@ -291,3 +291,65 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class DeadLetter(models.Model):
+    """A message a consumer gave up on (eventbus/deadletters.py captures them): from the
+    server's max-deliveries or terminated advisory, or a message of a dead-letter stream
+    (FLOWSCOPE_DLQ_STREAMS). Once per (stream, seq, consumer), whatever taps run or restart."""
+
+    class Reason(models.TextChoices):
+        MAX_DELIVERIES = "max_deliveries", "delivered the maximum number of times"
+        TERMINATED = "terminated", "terminated by the consumer"
+        DLQ_STREAM = "dlq_stream", "in a dead-letter stream"
+
+    class PayloadSource(models.TextChoices):
+        STREAM = "stream", "read from the stream"
+        RECORDED = "recorded", "the tap's stored copy"
+        GONE = "gone", "gone: neither the stream nor the tap holds it"
+
+    class Status(models.TextChoices):
+        NEW = "new"
+        REPLAYED = "replayed"
+        DISCARDED = "discarded"
+
+    # The incarnation the message belonged to; null while the tap has not seen the stream.
+    stream = models.ForeignKey(
+        Stream, null=True, blank=True, on_delete=models.SET_NULL, related_name="dead_letters"
+    )
+    stream_name = models.CharField(max_length=255)
+    seq = models.BigIntegerField()
+    consumer = models.CharField(max_length=255, blank=True, default="")  # "" for a DLQ stream
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    terminate_reason = models.TextField(blank=True, default="")
+    deliveries = models.IntegerField(default=0)
+    subject = models.TextField(blank=True, default="")
+    headers = models.JSONField(null=True, blank=True)
+    payload = models.BinaryField(default=bytes)
+    truncated = models.BooleanField(default=False)  # the tap's preview, not the whole payload
+    payload_source = models.CharField(max_length=16, choices=PayloadSource.choices)
+    # A message of a dead-letter stream whose headers name where it came from (Nats-Stream,
+    # Nats-Sequence of a republished copy).
+    origin_stream = models.CharField(max_length=255, blank=True, default="")
+    origin_seq = models.BigIntegerField(null=True, blank=True)
+    died_at = models.DateTimeField()
+    captured_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
+    status_note = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "flowscope_deadletter"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["stream_name", "seq", "consumer"], name="deadletter_unique"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["status", "-died_at"], name="deadletter_status_died"),
+            models.Index(
+                fields=["stream_name", "consumer", "-died_at"], name="deadletter_stream_consumer"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stream_name}:{self.seq} ({self.consumer or self.reason})"

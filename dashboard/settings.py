@@ -194,6 +194,12 @@ FLOWSCOPE_SERVICE_HEADER = os.environ.get("FLOWSCOPE_SERVICE_HEADER", "Flowscope
 FLOWSCOPE_TAP_READER = os.environ.get("FLOWSCOPE_TAP_READER", "wire")  # or "nats-py"
 if FLOWSCOPE_TAP_READER not in ("wire", "nats-py"):
     raise ImproperlyConfigured("FLOWSCOPE_TAP_READER must be 'wire' or 'nats-py'")
+# Dead letters (eventbus/deadletters.py): the stream of Flowscope's own that keeps the server's
+# consumer advisories, and the streams whose every message is a dead letter (names or patterns).
+FLOWSCOPE_ADVISORY_STREAM = os.environ.get("FLOWSCOPE_ADVISORY_STREAM", "FLOWSCOPE_ADVISORIES")
+FLOWSCOPE_DLQ_STREAMS = [
+    s.strip() for s in os.environ.get("FLOWSCOPE_DLQ_STREAMS", "").split(",") if s.strip()
+]
 FLOWSCOPE_DEMO_RATE = float(os.environ.get("FLOWSCOPE_DEMO_RATE", "2"))  # orders per second
 FLOWSCOPE_DEMO_FAILURE_RATE = float(os.environ.get("FLOWSCOPE_DEMO_FAILURE_RATE", "0.1"))
 

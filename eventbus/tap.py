@@ -3,7 +3,8 @@
 `run(config)` owns the connections, signals and tasks; the parts live beside it:
 registry.py (streams and their rows), lease.py (which streams this tap owns), observers.py (how
 each stream is read), writer.py (batched COPY with checkpoints), digest.py (what the web app is
-told after each commit), lag.py (consumer lag), partitions.py (retention).
+told after each commit), lag.py (consumer lag), partitions.py (retention), deadletters.py (what
+consumers gave up on).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from nats.errors import SlowConsumerError
 
 from eventbus import digest, lag, scan, topology
 from eventbus.aio import wait_event
+from eventbus.deadletters import ADVISORY_STREAM, DeadLetterCapture
 from eventbus.heartbeat import Heartbeat
 from eventbus.lease import Lease
 from eventbus.natsconn import servers
@@ -70,6 +72,9 @@ class TapConfig:
     unhealthy_after: float = 30.0
     # How long a stream given back to another tap may take to write what this tap holds of it.
     handover_timeout: float = 10.0
+    # Flowscope's own stream of consumer advisories (not observed as an application stream).
+    advisory_stream: str = ADVISORY_STREAM
+    dlq_streams: tuple[str, ...] = ()  # names or fnmatch patterns: each message a dead letter
 
     @classmethod
     def from_settings(cls, settings: Any) -> TapConfig:
@@ -85,6 +90,8 @@ class TapConfig:
                 service_header=settings.FLOWSCOPE_SERVICE_HEADER,
                 reader=settings.FLOWSCOPE_TAP_READER,
             ),
+            advisory_stream=settings.FLOWSCOPE_ADVISORY_STREAM,
+            dlq_streams=tuple(settings.FLOWSCOPE_DLQ_STREAMS),
         )
 
 
@@ -116,6 +123,7 @@ class Tap:
         self.supervisor = Supervisor(stop)
         self.writer_running = False
         self.heartbeat = Heartbeat(self)
+        self.deadletters: DeadLetterCapture | None = None
 
     async def _db(self) -> psycopg.AsyncConnection[Any]:
         async with self.db_lock:  # several loops share it: connect once
@@ -187,10 +195,19 @@ class Tap:
         sup.spawn("retention", self._retention_loop)
         sup.spawn("lag sampler", self._lag_loop)
         sup.spawn("topology", self._topology_loop)
+        c = self.config  # dead letters: eventbus/deadletters.py
+        self.deadletters = DeadLetterCapture(self.nc, c.database_url, self.stop,
+                                             advisory_stream=c.advisory_stream,
+                                             dlq_streams=c.dlq_streams,
+                                             subject_prefix=c.subject_prefix)  # fmt: skip
+        sup.spawn("dead letters", self.deadletters.run)
+        if c.dlq_streams:
+            sup.spawn("dead-letter streams", self.deadletters.run_dlq)
         await self.stop.wait()
         log.info("tap %s stopping: flushing what it holds", self.id)
         # The loops first, so none of them starts an observer after this point.
-        await sup.wait(["discovery", "heartbeat", "retention", "lag sampler"], timeout=10)
+        loops = ["discovery", "heartbeat", "retention", "lag sampler", "dead letters"]
+        await sup.wait([*loops, "dead-letter streams"], timeout=10)
         for name in list(self.observers):
             await self._stop_observer(name)
         for sub in (advisories, observing):
@@ -277,10 +294,12 @@ class Tap:
     async def reconcile(self) -> None:
         assert self.nc is not None
         listing = await list_streams(self.nc)
-        streams = {s.name: s for s in listing.streams}
+        # Flowscope's own advisory stream is no application stream: not observed, not listed.
+        own = {self.config.advisory_stream}
+        streams = {s.name: s for s in listing.streams if s.name not in own}
         # A stream the server could not describe now (no leader for a moment) still exists: it
         # is neither deleted nor given away, and its observer goes on (it reconnects itself).
-        live = set(streams) | listing.missing
+        live = set(streams) | (listing.missing - own)
         db = await self._db()
         gone = await mark_deleted(db, live)
         for name in gone:
