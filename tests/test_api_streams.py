@@ -349,7 +349,13 @@ def test_the_lag_series_covers_the_range_asked_in_at_most_600_points(logged_in, 
 # --- the framework ------------------------------------------------------------------------------
 
 
-def test_the_openapi_document_and_the_docs_page_load_nothing_from_elsewhere(client, db):
+def test_the_openapi_document_and_the_docs_page_need_a_login(client, db):
+    assert client.get("/api/openapi.json").status_code == 401
+    assert client.get("/api/docs").status_code == 302  # to the login page
+
+
+def test_the_openapi_document_and_the_docs_page_load_nothing_from_elsewhere(logged_in, db):
+    client = logged_in
     schema = get(client, "/api/openapi.json")
     assert set(schema["paths"]) >= {"/api/streams", "/api/streams/{name}",
                                     "/api/streams/{name}/consumers/{consumer}/lag"}  # fmt: skip

@@ -14,7 +14,7 @@ from ninja import NinjaAPI
 from dashboard.api import errors
 from dashboard.api import manage as _manage  # noqa: F401  (adds its operations to /streams)
 from dashboard.api.audit import router as audit_router
-from dashboard.api.auth import API_AUTH
+from dashboard.api.auth import API_AUTH, docs_login
 from dashboard.api.docs import VendoredSwagger
 from dashboard.api.events import router as events_router
 from dashboard.api.streams import router as streams_router
@@ -33,6 +33,7 @@ api = FlowscopeAPI(
     urls_namespace="api",
     auth=API_AUTH,
     docs=VendoredSwagger(),
+    docs_decorator=docs_login,
 )
 errors.install(api)
 api.add_router("/streams", streams_router)

@@ -73,3 +73,25 @@ def need(request: HttpRequest, action: str) -> None:
     raise HttpError(
         403, f"This takes the {roles.NEEDS[action]} role; you have {roles.role_of(user)}"
     )
+
+
+def docs_login(view: Any) -> Any:
+    """The OpenAPI document and the docs page need what the API needs: a login (a session or
+    a token), unless reading is public. A script gets 401 JSON, a browser the login page."""
+    from django.contrib.auth.views import redirect_to_login
+    from django.http import JsonResponse
+
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        user = getattr(request, "user", None)
+        if not roles.can(user, "browse"):
+            header = request.headers.get("Authorization", "")
+            if header.startswith("Bearer "):
+                user = tokens.user_for(header[7:].strip())
+        if roles.can(user, "browse"):
+            return view(request, *args, **kwargs)
+        if request.path.endswith(".json"):
+            return JsonResponse({"detail": "Authentication required: log in, or send "
+                                 "Authorization: Bearer <token>"}, status=401)  # fmt: skip
+        return redirect_to_login(request.get_full_path())
+
+    return wrapped
