@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from dashboard import health, security, views
-from dashboard.pages import audit, event, events, manage, streams, tokens, topology
+from dashboard.pages import audit, deadletters, event, events, manage, streams, tokens, topology
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -45,6 +45,8 @@ urlpatterns = [
     path("tokens/", tokens.token_list, name="tokens"),
     path("tokens/<int:token_id>/revoke/", tokens.token_revoke, name="token-revoke"),
     path("audit/", audit.audit_log, name="audit"),
+    path("dead-letters/", deadletters.dead_letter_list, name="dead-letters"),
+    path("dead-letters/<int:letter_id>/", deadletters.dead_letter_detail, name="dead-letter"),
     path("events/<str:stream>/<int:seq>/", event.event_by_seq, name="event"),
     path("events/<str:stream>/id/<int:event_id>/", event.event_by_id, name="event-by-id"),
     path("events/<str:stream>/<int:seq>/payload/", event.full_payload, name="event-payload"),

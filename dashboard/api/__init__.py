@@ -15,6 +15,7 @@ from dashboard.api import errors
 from dashboard.api import manage as _manage  # noqa: F401  (adds its operations to /streams)
 from dashboard.api.audit import router as audit_router
 from dashboard.api.auth import API_AUTH, docs_login
+from dashboard.api.deadletters import router as deadletters_router
 from dashboard.api.docs import VendoredSwagger
 from dashboard.api.events import router as events_router
 from dashboard.api.streams import router as streams_router
@@ -39,3 +40,4 @@ errors.install(api)
 api.add_router("/streams", streams_router)
 api.add_router("/events", events_router)
 api.add_router("/audit", audit_router)
+api.add_router("/dead-letters", deadletters_router)

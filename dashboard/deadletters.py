@@ -1,0 +1,145 @@
+"""Reading dead letters (issue #15): filters (stream, consumer, subject wildcard, reason,
+status, time range), keyset pages (newest death first) and the counts of new ones per stream
+and consumer, shared by /dead-letters/ and `GET /api/dead-letters`. The tap captures them
+(eventbus/deadletters.py); nothing here writes."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet
+
+from dashboard.models import DeadLetter
+from dashboard.search.filters import MAX_TEXT, FilterError, parse_time
+from dashboard.search.query import from_micros, micros
+from eventbus import subjects
+from eventbus.records import header, parse_traceparent
+
+PAGE = 100
+FIELDS = ("stream", "consumer", "subject", "reason", "status", "since", "until")
+
+
+@dataclass
+class DeadLetterPage:
+    items: list[DeadLetter]
+    next: str | None
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """How many new dead letters wait for one consumer of one stream."""
+
+    stream: str
+    consumer: str
+    count: int
+
+
+def _text(params: Mapping[str, str], name: str) -> str:
+    value = (params.get(name) or "").strip()
+    if len(value) > MAX_TEXT:
+        raise FilterError(name, f"longer than {MAX_TEXT} characters")
+    if "\x00" in value:
+        raise FilterError(name, "contains a NUL character")
+    return value
+
+
+def filtered(params: Mapping[str, str]) -> QuerySet[DeadLetter]:
+    """The dead letters the filter takes; FilterError names a field that cannot be used."""
+    rows: QuerySet[DeadLetter] = DeadLetter.objects.all()
+    stream = _text(params, "stream")
+    if stream:
+        rows = rows.filter(stream_name=stream)
+    consumer = _text(params, "consumer")
+    if consumer:
+        rows = rows.filter(consumer=consumer)
+    subject = (params.get("subject") or "").strip()
+    if subject:
+        try:
+            subjects.validate(subject)
+        except subjects.SubjectError as exc:
+            raise FilterError("subject", str(exc)) from None
+        if subjects.has_wildcard(subject):
+            rows = rows.filter(subject__regex=subjects.to_regex(subject))
+        else:
+            rows = rows.filter(subject=subject)
+    for name, choices in (("reason", DeadLetter.Reason), ("status", DeadLetter.Status)):
+        value = _text(params, name)
+        if value:
+            if value not in choices.values:
+                raise FilterError(name, "one of " + ", ".join(choices.values))
+            rows = rows.filter(**{name: value})
+    for name, op in (("since", "died_at__gte"), ("until", "died_at__lt")):
+        if (params.get(name) or "").strip():
+            rows = rows.filter(**{op: parse_time(name, params[name])})
+    return rows
+
+
+def dead_letters(params: Mapping[str, str], limit: int = PAGE) -> DeadLetterPage:
+    """One page, newest death first; `cursor` is the `next` of the page before."""
+    rows = filtered(params)
+    cursor = (params.get("cursor") or "").strip()
+    if cursor:
+        died, id_ = _cursor(cursor)
+        rows = rows.filter(Q(died_at__lt=died) | Q(died_at=died, id__lt=id_))
+    found = list(rows.order_by("-died_at", "-id")[: limit + 1])
+    nxt = None
+    if len(found) > limit:
+        last = found[limit - 1]
+        nxt = f"{micros(last.died_at)}.{last.id}"
+    return DeadLetterPage(found[:limit], nxt)
+
+
+def _cursor(text: str) -> tuple[datetime, int]:
+    try:
+        died, id_ = text.split(".")
+        return from_micros(int(died)), int(id_)
+    except (ValueError, OverflowError):
+        raise FilterError("cursor", "not a cursor this list gave out") from None
+
+
+def waiting(params: Mapping[str, str] | None = None) -> list[Waiting]:
+    """New dead letters per (stream, consumer), most first (within the filter, if given, but
+    whatever status it asks for: these are the ones that wait)."""
+    rows = filtered({k: v for k, v in (params or {}).items() if k != "status"})
+    counted = (
+        rows.filter(status=DeadLetter.Status.NEW)
+        .values("stream_name", "consumer")
+        .annotate(n=Count("id"))
+        .order_by("-n", "stream_name", "consumer")
+    )
+    return [Waiting(r["stream_name"], r["consumer"], r["n"]) for r in counted]
+
+
+def trace_id(d: DeadLetter) -> str | None:
+    """The trace the message belonged to, from its traceparent header."""
+    headers = {k: v[0] if isinstance(v, list) and v else v for k, v in (d.headers or {}).items()}
+    got = parse_traceparent(header(headers, "traceparent"))
+    return got[0] if got else None
+
+
+def as_item(d: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": d.id, "stream": d.stream_name, "seq": d.seq, "consumer": d.consumer,
+        "reason": d.reason, "deliveries": d.deliveries, "subject": d.subject,
+        "status": d.status, "died_at": d.died_at,
+    }  # fmt: skip
+
+
+def as_detail(d: DeadLetter) -> dict[str, Any]:
+    return {
+        **as_item(d),
+        "headers": dict(d.headers or {}),
+        "payload": base64.b64encode(bytes(d.payload)).decode("ascii"),
+        "payload_source": d.payload_source,
+        "truncated": d.truncated,
+        "terminate_reason": d.terminate_reason,
+        "status_note": d.status_note,
+        "origin_stream": d.origin_stream or None,
+        "origin_seq": d.origin_seq,
+        "captured_at": d.captured_at,
+        "trace_id": trace_id(d),
+    }
