@@ -60,10 +60,15 @@ def test_no_operation_answers_a_server_error(transactional_db, same_connection, 
     client = Client()
     client.login(username=alice[0], password=alice[1])
     session = {"sessionid": client.cookies["sessionid"].value}
+    from django.contrib.auth.models import User
+
+    from dashboard import tokens
+
+    token, _ = tokens.create(User.objects.get(username=alice[0]), "schemathesis")
     schema = schemathesis.openapi.from_wsgi(
         "/api/openapi.json",
         get_wsgi_application(),
-        headers={"Cookie": f"sessionid={session['sessionid']}"},  # the document needs a login
+        headers={"Authorization": f"Bearer {token}"},  # the document needs a login
     )
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     assert len(operations) >= 5
