@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from django.db.models import Q, QuerySet
 
+from dashboard.keyset import newest_first
 from dashboard.models import AuditEntry
 from dashboard.search.filters import FilterError, parse_time
-from dashboard.search.query import from_micros, micros
 
 PAGE = 100
 
@@ -40,24 +39,8 @@ def entries(params: Mapping[str, str], limit: int = PAGE) -> AuditPage:
     for name, op in (("since", "ts__gte"), ("until", "ts__lt")):
         if (params.get(name) or "").strip():
             rows = rows.filter(**{op: parse_time(name, params[name])})
-    cursor = (params.get("cursor") or "").strip()
-    if cursor:
-        ts, id_ = _cursor(cursor)
-        rows = rows.filter(Q(ts__lt=ts) | Q(ts=ts, id__lt=id_))
-    found = list(rows.order_by("-ts", "-id")[: limit + 1])
-    nxt = None
-    if len(found) > limit:
-        last = found[limit - 1]
-        nxt = f"{micros(last.ts)}.{last.id}"
-    return AuditPage(found[:limit], nxt)
-
-
-def _cursor(text: str) -> tuple[datetime, int]:
-    try:
-        ts, id_ = text.split(".")
-        return from_micros(int(ts)), int(id_)
-    except (ValueError, OverflowError):
-        raise FilterError("cursor", "not a cursor this log gave out") from None
+    items, nxt = newest_first(rows, "ts", params.get("cursor") or "", limit)
+    return AuditPage(items, nxt)
 
 
 def as_dict(e: AuditEntry) -> dict[str, Any]:

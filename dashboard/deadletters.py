@@ -8,14 +8,13 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, QuerySet
 
+from dashboard.keyset import newest_first
 from dashboard.models import DeadLetter
 from dashboard.search.filters import MAX_TEXT, FilterError, parse_time
-from dashboard.search.query import from_micros, micros
 from eventbus import subjects
 from eventbus.records import header, parse_traceparent
 
@@ -81,24 +80,8 @@ def filtered(params: Mapping[str, str]) -> QuerySet[DeadLetter]:
 def dead_letters(params: Mapping[str, str], limit: int = PAGE) -> DeadLetterPage:
     """One page, newest death first; `cursor` is the `next` of the page before."""
     rows = filtered(params)
-    cursor = (params.get("cursor") or "").strip()
-    if cursor:
-        died, id_ = _cursor(cursor)
-        rows = rows.filter(Q(died_at__lt=died) | Q(died_at=died, id__lt=id_))
-    found = list(rows.order_by("-died_at", "-id")[: limit + 1])
-    nxt = None
-    if len(found) > limit:
-        last = found[limit - 1]
-        nxt = f"{micros(last.died_at)}.{last.id}"
-    return DeadLetterPage(found[:limit], nxt)
-
-
-def _cursor(text: str) -> tuple[datetime, int]:
-    try:
-        died, id_ = text.split(".")
-        return from_micros(int(died)), int(id_)
-    except (ValueError, OverflowError):
-        raise FilterError("cursor", "not a cursor this list gave out") from None
+    items, nxt = newest_first(rows, "died_at", params.get("cursor") or "", limit)
+    return DeadLetterPage(items, nxt)
 
 
 def waiting(params: Mapping[str, str] | None = None) -> list[Waiting]:
