@@ -10,7 +10,7 @@ from ninja import Field, Query, Router, Schema
 
 from dashboard.api.auth import need
 from dashboard.api.errors import bad_request
-from dashboard.api.paging import MAX_CURSOR_CHARS, MAX_LIMIT
+from dashboard.api.paging import PageParams
 from dashboard.api.schemas import ErrorOut
 from dashboard.auditlog import as_dict, entries
 from dashboard.search.filters import FilterError
@@ -18,14 +18,12 @@ from dashboard.search.filters import FilterError
 router = Router(tags=["audit"])
 
 
-class AuditQuery(Schema):
+class AuditQuery(PageParams):
     user: str | None = Field(None, description="username")
     action: str | None = Field(None, description="an action, or its prefix: stream, token, login")
     result: str | None = Field(None, description="ok, failed or refused")
     since: str | None = Field(None, description="ISO 8601")
     until: str | None = Field(None, description="ISO 8601, exclusive")
-    limit: int = Field(100, ge=1, le=MAX_LIMIT)
-    cursor: str | None = Field(None, max_length=MAX_CURSOR_CHARS)
 
 
 class AuditOut(Schema):

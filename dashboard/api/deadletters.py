@@ -12,7 +12,7 @@ from ninja.errors import HttpError
 
 from dashboard.api.auth import need
 from dashboard.api.errors import bad_request
-from dashboard.api.paging import MAX_CURSOR_CHARS, MAX_LIMIT
+from dashboard.api.paging import PageParams
 from dashboard.api.schemas import ErrorOut
 from dashboard.deadletters import as_detail, as_item, dead_letters
 from dashboard.models import DeadLetter
@@ -21,7 +21,7 @@ from dashboard.search.filters import FilterError
 router = Router(tags=["dead letters"])
 
 
-class DeadLetterQuery(Schema):
+class DeadLetterQuery(PageParams):
     stream: str | None = Field(None, description="stream name")
     consumer: str | None = Field(None, description="consumer name")
     subject: str | None = Field(None, description="a subject or wildcard: orders.*.created")
@@ -29,8 +29,6 @@ class DeadLetterQuery(Schema):
     status: str | None = Field(None, description="new, replayed or discarded")
     since: str | None = Field(None, description="died at or after, ISO 8601")
     until: str | None = Field(None, description="died before, ISO 8601")
-    limit: int = Field(100, ge=1, le=MAX_LIMIT)
-    cursor: str | None = Field(None, max_length=MAX_CURSOR_CHARS)
 
 
 class DeadLetterOut(Schema):

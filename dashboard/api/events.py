@@ -11,17 +11,21 @@ from typing import Any
 
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
+from ninja.errors import HttpError
 
 from dashboard.api.errors import bad_request
-from dashboard.api.paging import MAX_CURSOR_CHARS, MAX_LIMIT
+from dashboard.api.paging import PageParams
 from dashboard.api.schemas import READ_ERRORS
+from dashboard.event_detail import find_event
 from dashboard.search import FilterError, Page, parse_filter, search_events
+from dashboard.search.query import PREVIEW, preview_text
 
 router = Router(tags=["events"])
-DEFAULT_LIMIT = 100
 
 
-class EventQuery(Schema):
+class EventQuery(PageParams):
+    """The event browser's filter; `limit` and `cursor` as every list takes them."""
+
     stream: str | None = Field(None, description="stream name")
     subject: str | None = Field(None, description="NATS subject; `*` one token, `>` the rest")
     since: str | None = Field(None, description="ISO 8601; UTC when it has no offset")
@@ -37,8 +41,6 @@ class EventQuery(Schema):
     )
     min_size: str | None = Field(None, description="bytes")
     max_size: str | None = Field(None, description="bytes")
-    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="items per page, 1 to 500")
-    cursor: str | None = Field(None, max_length=MAX_CURSOR_CHARS, description="`next`, as given")
 
 
 class EventOut(Schema):
@@ -128,11 +130,6 @@ class EventDetailOut(EventOut):
 def get_event(request: HttpRequest, stream: str, seq: int) -> dict[str, Any]:
     """From the newest incarnation of the stream that holds the sequence. `truncated`: only the
     payload's first bytes are stored (the event page can fetch the rest from the stream)."""
-    from ninja.errors import HttpError
-
-    from dashboard.event_detail import find_event
-    from dashboard.search.query import _preview
-
     event = find_event(stream, seq=seq)
     if event is None:
         raise HttpError(404, f"no event {seq} of a stream '{stream[:80]}' is stored")
@@ -141,6 +138,6 @@ def get_event(request: HttpRequest, stream: str, seq: int) -> dict[str, Any]:
         "id": event.id, "stream": event.stream.name, "seq": event.seq, "subject": event.subject,
         "ts": event.ts, "size": event.size, "headers": event.headers, "msg_id": event.msg_id,
         "trace_id": event.trace_id, "service": event.service, "truncated": event.truncated,
-        "preview": _preview(data[:240]), "recorded_at": event.recorded_at,
+        "preview": preview_text(data[:PREVIEW]), "recorded_at": event.recorded_at,
         "span_id": event.span_id, **payload_forms(data),
     }  # fmt: skip

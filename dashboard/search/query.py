@@ -497,7 +497,7 @@ def _names(names: dict[int, str], rows: list[tuple[str, tuple[Any, ...]]]) -> No
         names.update(Stream.objects.filter(id__in=missing).values_list("id", "name"))
 
 
-def _preview(data: bytes | memoryview | None) -> str | None:
+def preview_text(data: bytes | memoryview | None) -> str | None:
     """The payload's start as text, or None when it is not UTF-8 text."""
     if data is None:
         return None
@@ -527,7 +527,7 @@ def _item(row: tuple[Any, ...], names: dict[int, str]) -> dict[str, Any]:
         "trace_id": trace_id,
         "service": service,
         "truncated": truncated,
-        "preview": _preview(head),
+        "preview": preview_text(head),
     }
 
 
