@@ -83,8 +83,15 @@ async def test_kill_9_at_any_moment_resumes_with_no_gap_and_no_duplicate(
             proc.send_signal(signal.SIGKILL)
             proc.wait()
     await publisher
+    before = log.read_text().count(" connected to ")
     proc = tap_process(nats_server.url, database_url, log)
     try:
+        # this last tap must really start (the killed ones may have recorded everything): a
+        # SIGTERM while Python and Django still load would end it before its handler is set
+        async def started() -> bool:  # "connected" is logged once the handlers are set
+            return bool(log.read_text().count(" connected to ") > before)
+
+        await eventually(started, timeout=60, what="the last tap started")
         await eventually(
             lambda: checkpoint_at_least(database_url, stream, total), timeout=90, what="all"
         )
