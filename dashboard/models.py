@@ -366,7 +366,7 @@ class ReplayJob(models.Model):
 
     class Mode(models.TextChoices):
         COPY = "copy", "copy (the original stays where it is)"
-        MOVE = "move", "move (the original is deleted from its stream once the copy is stored)"
+        MOVE = "move", "move (the original leaves its stream once the copy is stored)"
 
     class State(models.TextChoices):
         PENDING = "pending"

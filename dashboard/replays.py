@@ -182,7 +182,7 @@ def database_conninfo() -> str:
     return make_conninfo(
         host=s["HOST"] or None, port=s["PORT"] or None, dbname=s["NAME"],
         user=s["USER"] or None, password=s["PASSWORD"] or None,
-        **{k: v for k, v in (s.get("OPTIONS") or {}).items() if isinstance(v, str | int)},
+        **{k: str(v) for k, v in (s.get("OPTIONS") or {}).items() if isinstance(v, str | int)},
     )  # fmt: skip
 
 

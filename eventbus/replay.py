@@ -487,7 +487,6 @@ class Runner:
                         [it.result_seq for it in published],
                     ),
                 )
-        return True
 
     async def _finish(self, job: Job, state: str = "done") -> None:
         async with self.db.transaction():

@@ -172,7 +172,7 @@ async def _has_stream(url: str, name: str) -> bool:
         await nc.close()
 
 
-async def _get(url: str, stream: str, seq: int) -> Any:
+async def _get(url: str, stream: str, seq: int | None) -> Any:
     nc = await nats.connect(url)
     try:
         return await nc.jetstream().get_msg(stream, seq)
