@@ -32,8 +32,7 @@ run: $(STAMP) $(SCAN_EXT)
 test: $(STAMP) $(SCAN_EXT)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Fails when a target of bench/tap_ingest.py or bench/live.py is missed (after running all
-# three); QUICK=1 for a smaller run of each (about 4 minutes). bench/README.md says what each
+# Fails when a target of any benchmark is missed (after running them all); QUICK=1 for a smaller run of each (about 4 minutes). bench/README.md says what each
 # figure means.
 bench: $(STAMP) $(SCAN_EXT)
 	@status=0; \
@@ -41,6 +40,7 @@ bench: $(STAMP) $(SCAN_EXT)
 	$(PY) bench/demo_saga.py $(if $(QUICK),--quick) || status=$$?; \
 	$(PY) bench/live.py $(if $(QUICK),--quick) || status=$$?; \
 	$(PY) bench/search.py $(if $(QUICK),--quick) || status=$$?; \
+	$(PY) bench/replay.py $(if $(QUICK),--quick) || status=$$?; \
 	exit $$status
 
 lint: $(STAMP)

@@ -235,7 +235,7 @@ def test_replay_of_captured_dead_letters(nats_server, database_url, unique, tmp_
         )  # fmt: skip
         assert item.result_seq == before + 1
         d.refresh_from_db()
-        assert d.status == "replayed" and f"sequence {item.result_seq}" in d.status_note
+        assert d.status == "replayed"
         copy = _run(_next_for_worker(url, stream))  # the application gets it again
         assert copy is not None and copy.data == b'{"n": 1}' and copy.subject == d.subject
         assert copy.headers["Flowscope-Replay-Of"] == f"{stream}:{poison}"
