@@ -32,7 +32,7 @@ run: $(STAMP) $(SCAN_EXT)
 test: $(STAMP) $(SCAN_EXT)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Fails when a target of any benchmark is missed (after running them all); QUICK=1 for a smaller run of each (about 4 minutes). bench/README.md says what each
+# Fails when a target of any benchmark is missed (after running them all);
 # figure means.
 bench: $(STAMP) $(SCAN_EXT)
 	@status=0; \
