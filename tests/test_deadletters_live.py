@@ -434,7 +434,7 @@ async def nak_until_dead(js: Any, stream: str, consumer: str, count: int, db_url
         rows = await query(
             db_url, "SELECT count(*) FROM flowscope_deadletter WHERE stream_name = %s", stream
         )
-        return rows[0][0] >= count
+        return bool(rows[0][0] >= count)
 
     await eventually(recorded, what=f"{count} dead letters of {stream}")
     await sub.unsubscribe()
