@@ -26,7 +26,7 @@ from django.utils import timezone
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from dashboard.live import hub as hub_module
-from dashboard.live.hub import LiveHub, dirty_topics
+from dashboard.live.hub import LiveHub, dirty_topics, fan_out
 from dashboard.live.topics import parse_topic, renderer
 from dashboard.models import Consumer, DeadLetter, Stream
 from dashboard.pages.deadletters import dead_letters_live_html
@@ -67,6 +67,23 @@ def test_a_dead_letter_digest_dirties_every_page_that_shows_them() -> None:
     odd = {"kind": "deadletters", "counts": "x", "changed": [1, {"stream": 2}, {"consumer": "c"}]}
     assert dirty_topics(SUBJECT, odd) == {"overview", "topology"}
     assert digest_subject("fs") == "fs.digest.deadletters"
+    assert fan_out(SUBJECT, changed) == fan_out(SUBJECT, json.loads(written)) == "deadletters:"
+    assert fan_out("flowscope.digest.events", {"kind": "events"}) == "tail:"
+    assert fan_out("flowscope.digest.lag", {"streams": {}}) is None
+
+
+def test_a_replay_that_changed_dead_letters_dirties_the_pages_that_count_them() -> None:
+    """eventbus/replay.py's digest: a job's progress, and the dead letters it replayed."""
+    replays = "flowscope.digest.replays"
+    body = {"jobs": {"7": {"published": 2, "failed": 0, "total": 5}}, "dead_letters": [11, 12],
+            "streams": ["ORDERS"]}  # fmt: skip
+    assert dirty_topics(replays, body) == {"replay:7", "overview", "topology", "stream:ORDERS"}
+    assert fan_out(replays, body) == "deadletters:"
+    progress = {"jobs": {"7": {"published": 0, "failed": 1, "total": 5}}, "dead_letters": []}
+    assert dirty_topics(replays, progress) == {"replay:7"}
+    assert fan_out(replays, progress) is None
+    odd = {"jobs": [], "dead_letters": [1], "streams": "ORDERS"}
+    assert dirty_topics(replays, odd) == {"overview", "topology"}
 
 
 def test_a_filtered_dead_letter_list_is_a_topic() -> None:

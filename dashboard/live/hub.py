@@ -78,9 +78,16 @@ def dirty_topics(subject: str, body: dict[str, Any]) -> set[str]:
     kind = subject.rsplit(".", 1)[-1]
     if kind == "replays":  # a replay job's progress (eventbus/replay.py)
         jobs = body.get("jobs") or {}
-        return (
+        found = (
             {f"replay:{j}" for j in jobs if str(j).isdigit()} if isinstance(jobs, dict) else set()
         )
+        if _replayed(body):  # their dead letters are no longer waiting
+            streams = body.get("streams")
+            found |= {"overview", "topology"} | {
+                f"stream:{s}" for s in (streams if isinstance(streams, list) else [])
+                if isinstance(s, str)
+            }  # fmt: skip
+        return found
     topics = {"overview", "topology"}
     if kind == "deadletters":
         return topics | _dead_letter_topics(body)
@@ -113,8 +120,21 @@ def _dead_letter_topics(body: dict[str, Any]) -> set[str]:
     return topics
 
 
-# Topics of one kind that every digest of a kind may change (their renderers look).
-FAN_OUT = {"events": "tail:", "deadletters": "deadletters:"}
+def _replayed(body: dict[str, Any]) -> bool:
+    """A replay digest that says dead letters changed status (eventbus/replay.py)."""
+    return isinstance(body.get("dead_letters"), list) and bool(body["dead_letters"])
+
+
+def fan_out(subject: str, body: dict[str, Any]) -> str | None:
+    """The prefix of the topics, one per filter, that a digest may change whatever their filter
+    (their renderers look): every tail on events, every dead-letter list on dead letters
+    written, or changed by a replay or a discard (pure: unit-tested)."""
+    kind = subject.rsplit(".", 1)[-1]
+    if body.get("kind") == "events":
+        return "tail:"
+    if kind == "deadletters" or (kind == "replays" and _replayed(body)):
+        return "deadletters:"
+    return None
 
 
 class LiveHub:
@@ -247,7 +267,7 @@ class LiveHub:
             return
         if isinstance(body, dict):
             topics = dirty_topics(msg.subject, body)
-            prefix = FAN_OUT.get(str(body.get("kind")))
+            prefix = fan_out(msg.subject, body)
             if prefix:  # every tail may have new matches, every dead-letter list new rows
                 topics |= {t for t in self.watched if t.startswith(prefix)}
             self._mark(topics)

@@ -3,9 +3,9 @@
 A topic names one page's live part: `overview`, `topology`, `stream:<name>`,
 `consumer:<stream>:<name>`, `replay:<job id>`, and a filtered list's: `tail:<query>` (the event
 browser's live tail), `deadletters:<query>` (/dead-letters/), the filter's query string
-percent-encoded. A socket watches only the topics its page shows (given in the `ws-connect` URL, checked here).
-Each topic renders to the HTML of that page's live partials, each root marked `hx-swap-oob`,
-from the same named partials as the full page.
+percent-encoded. A socket watches only the topics its page shows (given in the `ws-connect`
+URL, checked here). Each topic renders to the HTML of that page's live partials, each root
+marked `hx-swap-oob`, from the same named partials as the full page.
 """
 
 from __future__ import annotations
