@@ -349,6 +349,15 @@ class DeadLetter(models.Model):
             models.Index(
                 fields=["stream_name", "consumer", "-died_at"], name="deadletter_stream_consumer"
             ),
+            # The new ones waiting, counted per (stream, consumer) on the overview, the
+            # topology and the stream pages: an index-only scan of the new rows alone.
+            models.Index(
+                fields=["stream_name", "consumer"],
+                name="deadletter_waiting",
+                condition=models.Q(status="new"),
+            ),
+            # The newest of all (the list unfiltered, and the statuses its live pushes carry).
+            models.Index(fields=["-died_at", "-id"], name="deadletter_newest"),
         ]
 
     def __str__(self) -> str:

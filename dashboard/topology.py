@@ -11,8 +11,10 @@ the event count:
   (flowscope_endpoint, eventbus/topology.py); a push consumer belongs to the connection that
   subscribes to its deliver subject; the demo's durable consumers to their demo service
   (eventbus/demo/topology.py); any other consumer stands alone.
-Health: a consumer whose lag is higher than a minute ago, a stream at 80% of a limit, dead
-letters waiting (`dead_letters_waiting`, a hook until dead letters are recorded).
+Health: "warn" for a consumer whose lag is higher than a minute ago or a stream at 80% of a
+limit; "dead" (dead letters waiting, which outranks "warn") for a consumer with new dead letters
+and a stream with any (its consumers', or a dead-letter stream's own), counted in one grouped
+query (dashboard/deadletters.py waiting_counts).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from urllib.parse import quote, urlencode
 from django.db import connection
 from django.utils import timezone
 
+from dashboard.deadletters import per_stream, waiting_counts
 from dashboard.models import Consumer, DiscoveryProbe, Endpoint, Stream
 from dashboard.topology_grouping import group_subjects, patterns_overlap, subject_matches
 from eventbus.demo.topology import CONSUMERS as DEMO_CONSUMERS
@@ -53,8 +56,10 @@ class Node:
     label: str
     detail: str = ""
     url: str = ""
-    health: str = "ok"  # "ok" | "warn" | "bad"
+    health: str = "ok"  # "ok" | "warn" | "dead" (dead letters waiting)
     health_text: str = ""
+    dead_letters: int = 0  # new ones waiting (consumers and streams)
+    dead_letters_url: str = ""  # the list of them
 
 
 @dataclass
@@ -159,8 +164,17 @@ def near_limits(stream: Stream) -> str:
 
 
 def dead_letters_waiting() -> dict[tuple[str, str], int]:
-    """(stream, consumer) -> dead letters waiting. A hook: no dead-letter table exists yet."""
-    return {}
+    """(stream, consumer) -> new dead letters waiting ("" as the consumer: a DLQ stream's)."""
+    return waiting_counts()
+
+
+def dead_letters_text(n: int) -> str:
+    return f"{n:,} dead letter{'s' if n != 1 else ''} waiting"
+
+
+def dead_letters_url(stream: str, consumer: str | None = None) -> str:
+    query = {"stream": stream} | ({"consumer": consumer} if consumer is not None else {})
+    return "/dead-letters/?" + urlencode({**query, "status": "new"})
 
 
 def demo_service(stream: str, consumer: str) -> str | None:
@@ -245,8 +259,12 @@ def build_graph(now: datetime | None = None) -> Graph:
             )
         ).id
 
+    dead = dead_letters_waiting()
+    dead_per_stream = per_stream(dead)
     for s in streams.values():
-        health = near_limits(s)
+        near = near_limits(s)
+        waiting = dead_per_stream.get(s.name, 0)
+        problems = [p for p in (dead_letters_text(waiting) if waiting else "", near) if p]
         g.node(
             Node(
                 id=f"stream:{s.name}",
@@ -254,8 +272,10 @@ def build_graph(now: datetime | None = None) -> Graph:
                 label=s.name,
                 url=f"/streams/{quote(s.name, safe='')}/",
                 detail=f"{s.retention}, {s.messages:,} messages",
-                health="warn" if health else "ok",
-                health_text=health,
+                health="dead" if waiting else "warn" if near else "ok",
+                health_text="; ".join(problems),
+                dead_letters=waiting,
+                dead_letters_url=dead_letters_url(s.name) if waiting else "",
             )
         )
     for sid, subject, service, count in counts:
@@ -281,7 +301,6 @@ def build_graph(now: datetime | None = None) -> Graph:
     for sid, subject, _, count in counts:
         by_stream[sid].append((subject, count))
     before = _lag_before(now - TREND)
-    dead = dead_letters_waiting()
     deliver_owner = {
         subject: name for (kind, name), xs in subs.items() if kind == "connection" for subject in xs
     }
@@ -301,8 +320,8 @@ def build_graph(now: datetime | None = None) -> Graph:
             health = "warn"
         waiting = dead.get((stream.name, c.name), 0)
         if waiting:
-            problems.append(f"{waiting:,} dead letters waiting")
-            health = "bad"
+            problems.insert(0, dead_letters_text(waiting))
+            health = "dead"
         cid = f"consumer:{stream.name}/{c.name}"
         detail = f"lag {lag:,}" + (f"; filters {', '.join(filters)}" if filters else "")
         g.node(
@@ -314,6 +333,8 @@ def build_graph(now: datetime | None = None) -> Graph:
                 health=health,
                 health_text="; ".join(problems),
                 url=f"/streams/{quote(stream.name, safe='')}/consumers/{quote(c.name, safe='')}/",
+                dead_letters=waiting,
+                dead_letters_url=dead_letters_url(stream.name, c.name) if waiting else "",
             )
         )
         g.edge(f"stream:{stream.name}", cid, matched / seconds)

@@ -185,9 +185,26 @@ def matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def digest_subject(prefix: str = "flowscope") -> str:
+    """Where both digests below go (core NATS)."""
+    return f"{prefix}.digest.deadletters"
+
+
+# The body of `<prefix>.digest.deadletters` (JSON, one object):
+#   {"kind": "deadletters",
+#    "counts":  [{"stream": S, "consumer": C, "reason": R, "count": N}, ...],
+#    "changed": [{"stream": S, "consumer": C, "status": T, "count": N}, ...],
+#    "total": N}
+# `counts`: dead letters just written (status new), sent by the capture (deadletters_digest);
+# `changed`: dead letters whose status just changed to T (replayed, discarded), sent by whoever
+# changed it, after the commit (deadletters_changed_digest); a body has one or the other.
+# `consumer` is "" for a dead-letter stream's message. The web processes re-render what shows
+# them (dashboard/live/hub.py dirty_topics): every /dead-letters/ list, the overview, the
+# topology, and the pages of the streams and consumers named; they read the figures from the
+# database, so a digest says where to look, not what to show (a lost one is made good by the
+# pages' periodic refresh).
 def deadletters_digest(counts: Counter[tuple[str, str, str]]) -> bytes:
-    """`<prefix>.digest.deadletters`: how many dead letters were just written, per stream,
-    consumer and reason."""
+    """How many dead letters were just written, per (stream, consumer, reason)."""
     body = {
         "kind": "deadletters",
         "counts": [
@@ -195,6 +212,20 @@ def deadletters_digest(counts: Counter[tuple[str, str, str]]) -> bytes:
             for (s, c, r), n in sorted(counts.items())
         ],
         "total": sum(counts.values()),
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def deadletters_changed_digest(changes: Counter[tuple[str, str, str]]) -> bytes:
+    """How many dead letters just changed status, per (stream, consumer, new status): what a
+    replay or a discard publishes on `digest_subject(prefix)` once its change is committed."""
+    body = {
+        "kind": "deadletters",
+        "changed": [
+            {"stream": s, "consumer": c, "status": t, "count": n}
+            for (s, c, t), n in sorted(changes.items())
+        ],
+        "total": sum(changes.values()),
     }
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -369,7 +400,7 @@ class DeadLetterCapture:
         if self.nc.is_connected:
             try:
                 await self.nc.publish(
-                    f"{self.subject_prefix}.digest.deadletters", deadletters_digest(counts)
+                    digest_subject(self.subject_prefix), deadletters_digest(counts)
                 )
             except nats.errors.Error as exc:
                 log.warning("dead letters: digest not sent (%r)", exc)

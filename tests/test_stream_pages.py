@@ -129,8 +129,9 @@ def test_the_pages_show_configuration_and_state_of_streams_recorded_by_a_tap(
     assert got[f"lim.{u}.orders"][1:] == ["0.12 /s", "0.02 /s", "7"]
     assert got[f"lim.{u}.refunds"][1:] == ["0.05 /s", "0.01 /s", "3"]
     heads = [th.text() for th in lim.by_id("consumers").find_all("th")]
-    assert heads == ["Consumer", "Lag", "Pending", "Ack pending", "Redelivered", "Waiting",
-                     "Ack floor", "Sampled"]  # fmt: skip
+    assert heads == ["Consumer", "Lag", "Dead letters", "Pending", "Ack pending", "Redelivered",
+                     "Waiting", "Ack floor", "Sampled"]  # fmt: skip
+    assert state["Dead letters"].startswith("0 waiting")
     link = lim.by_id("consumers").find_all("a")[0]
     assert (link.text(), link.attrs["href"]) == ("billing", f"/streams/LIM_{u}/consumers/billing/")
     assert len(lim.by_id("events").find_all("tr")) == 11
@@ -146,6 +147,7 @@ def test_the_pages_show_configuration_and_state_of_streams_recorded_by_a_tap(
     assert counters["Lag"].startswith("5 msgs") and counters["Pending"].startswith("5 msgs")
     assert counters["Ack floor"].startswith("seq 2") and counters["Delivered"].startswith("seq 2")
     assert "pending + ack pending" in consumer.by_id("lag-definition").text()
+    assert counters["Dead letters"].startswith("0 waiting")
 
     interest = page(logged_in, f"/streams/INT_{u}/")
     assert facts(interest, "config")["Retention"] == "interest"

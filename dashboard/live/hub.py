@@ -73,14 +73,24 @@ def group_name(topic: str) -> str:
 
 
 def dirty_topics(subject: str, body: dict[str, Any]) -> set[str]:
-    """The topics a digest changes (pure: unit-tested)."""
+    """The topics a digest changes (pure: unit-tested). Every dead-letter list (`deadletters:`
+    topics, one per filter) is marked by the hub itself, as every tail is on events."""
     kind = subject.rsplit(".", 1)[-1]
     if kind == "replays":  # a replay job's progress (eventbus/replay.py)
         jobs = body.get("jobs") or {}
-        return (
+        found = (
             {f"replay:{j}" for j in jobs if str(j).isdigit()} if isinstance(jobs, dict) else set()
         )
+        if _replayed(body):  # their dead letters are no longer waiting
+            streams = body.get("streams")
+            found |= {"overview", "topology"} | {
+                f"stream:{s}" for s in (streams if isinstance(streams, list) else [])
+                if isinstance(s, str)
+            }  # fmt: skip
+        return found
     topics = {"overview", "topology"}
+    if kind == "deadletters":
+        return topics | _dead_letter_topics(body)
     streams = body.get("streams") or {}
     if not isinstance(streams, dict):
         return topics
@@ -92,6 +102,39 @@ def dirty_topics(subject: str, body: dict[str, Any]) -> set[str]:
             for consumer in entry.get("removed") or []:
                 topics.add(f"consumer:{name}:{consumer}")
     return topics
+
+
+def _dead_letter_topics(body: dict[str, Any]) -> set[str]:
+    """The stream and consumer pages a dead-letter digest names (eventbus/deadletters.py:
+    `counts` written, `changed` status)."""
+    topics: set[str] = set()
+    for key in ("counts", "changed"):
+        entries = body.get(key)
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("stream"), str):
+                continue
+            topics.add(f"stream:{entry['stream']}")
+            consumer = entry.get("consumer")
+            if isinstance(consumer, str) and consumer:
+                topics.add(f"consumer:{entry['stream']}:{consumer}")
+    return topics
+
+
+def _replayed(body: dict[str, Any]) -> bool:
+    """A replay digest that says dead letters changed status (eventbus/replay.py)."""
+    return isinstance(body.get("dead_letters"), list) and bool(body["dead_letters"])
+
+
+def fan_out(subject: str, body: dict[str, Any]) -> str | None:
+    """The prefix of the topics, one per filter, that a digest may change whatever their filter
+    (their renderers look): every tail on events, every dead-letter list on dead letters
+    written, or changed by a replay or a discard (pure: unit-tested)."""
+    kind = subject.rsplit(".", 1)[-1]
+    if body.get("kind") == "events":
+        return "tail:"
+    if kind == "deadletters" or (kind == "replays" and _replayed(body)):
+        return "deadletters:"
+    return None
 
 
 class LiveHub:
@@ -224,8 +267,9 @@ class LiveHub:
             return
         if isinstance(body, dict):
             topics = dirty_topics(msg.subject, body)
-            if body.get("kind") == "events":  # every tail may have new matches
-                topics |= {t for t in self.watched if t.startswith("tail:")}
+            prefix = fan_out(msg.subject, body)
+            if prefix:  # every tail may have new matches, every dead-letter list new rows
+                topics |= {t for t in self.watched if t.startswith(prefix)}
             self._mark(topics)
 
     def _mark(self, topics: set[str]) -> None:

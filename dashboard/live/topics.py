@@ -1,9 +1,11 @@
 """What a page may watch, and how each topic is rendered.
 
 A topic names one page's live part: `overview`, `topology`, `stream:<name>`,
-`consumer:<stream>:<name>`, `replay:<job id>`. A socket watches only the topics its page shows
-(given in the `ws-connect` URL, checked here). Each topic renders to the HTML of that page's
-live partials, each root marked `hx-swap-oob`, from the same named partials as the full page.
+`consumer:<stream>:<name>`, `replay:<job id>`, and a filtered list's: `tail:<query>` (the event
+browser's live tail), `deadletters:<query>` (/dead-letters/), the filter's query string
+percent-encoded. A socket watches only the topics its page shows (given in the `ws-connect`
+URL, checked here). Each topic renders to the HTML of that page's live partials, each root
+marked `hx-swap-oob`, from the same named partials as the full page.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ RENDERERS: dict[str, str] = {
     "consumer": "dashboard.pages.streams:consumer_live_html",
     "tail": "dashboard.pages.events:tail_live_html",
     "replay": "dashboard.pages.replays:replay_live_html",
+    "deadletters": "dashboard.pages.deadletters:dead_letters_live_html",
 }
 MAX_TAIL = 4096  # a tail topic carries its filter's query string, percent-encoded
+FILTERED = ("tail", "deadletters")  # topics `<kind>:<filter query string, percent-encoded>`
 
 
 def parse_topic(text: str) -> tuple[str, tuple[str, ...]] | None:
@@ -31,7 +35,7 @@ def parse_topic(text: str) -> tuple[str, tuple[str, ...]] | None:
     kind, _, rest = text.partition(":")
     if kind in ("overview", "topology"):
         return (kind, ()) if not rest else None
-    if kind == "tail":  # `tail:<filter query string, percent-encoded>` ("" = no filter)
+    if kind in FILTERED:  # `tail:<filter query string, percent-encoded>` ("" = no filter)
         ok = len(rest) <= MAX_TAIL and ":" not in rest and "," not in rest and rest.isprintable()
         return (kind, (rest,)) if ok else None
     names = tuple(rest.split(":")) if rest else ()

@@ -1,5 +1,6 @@
-"""The overview (`/`): every stream with its rate, size, consumers and worst lag, sparklines of
-rate and lag, KV buckets and object stores apart, the taps, and every consumer. The same
+"""The overview (`/`): every stream with its rate, size, consumers, dead letters waiting and worst
+lag, sparklines of rate and lag, KV buckets and object stores apart, the taps, and every consumer
+with its dead letters waiting. The same
 partials render the full page and the live pushes (`overview_live_html`)."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from dashboard.deadletters import per_stream, waiting_counts
 from dashboard.models import Checkpoint, Consumer, ConsumerSample, Stream, StreamSample
 from dashboard.roles import require
 from dashboard.taps import tap_views
@@ -84,6 +86,7 @@ class StreamRow:
     rate: float | None
     worst: Consumer | None
     worst_trend: str
+    dead_letters: int = 0  # new ones waiting, all its consumers' (or, a DLQ stream, its own)
     rate_xs: list[float] = field(default_factory=list)
     rate_ys: list[float] = field(default_factory=list)
     lag_xs: list[float] = field(default_factory=list)
@@ -160,6 +163,10 @@ def overview_context(now: datetime) -> dict[str, object]:
         if c.stream_id not in worst or c.lag > worst[c.stream_id].lag:
             worst[c.stream_id] = c
     before = _lag_before(list(worst.values()), now)
+    waiting = waiting_counts()
+    for c in consumers:
+        setattr(c, "dead_letters", waiting.get((c.stream.name, c.name), 0))  # noqa: B010
+    stream_waiting = per_stream(waiting)
     rows: dict[str, list[StreamRow]] = {"stream": [], "kv": [], "obj": []}
     for s in streams:
         kind, label = kind_of(s.name)
@@ -172,6 +179,7 @@ def overview_context(now: datetime) -> dict[str, object]:
                 stream=s, label=label, recorded=cp.recorded if cp else 0,
                 dropped=cp.dropped if cp else 0, gaps=s.gap_count,  # type: ignore[attr-defined]
                 rate=recent_rate(seqs.get(s.id, [])), worst=w,
+                dead_letters=stream_waiting.get(s.name, 0),
                 worst_trend=trend(w.lag, before.get((s.id, w.name))) if w else "steady",
                 rate_xs=rate_xs, rate_ys=rate_ys,
                 lag_xs=[t for t, _ in lag_points], lag_ys=[v for _, v in lag_points],

@@ -20,6 +20,7 @@ from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from dashboard.deadletters import waiting_counts
 from dashboard.models import Checkpoint, Consumer, Event, Gap, Stream, StreamSample
 from dashboard.pages import charts
 from dashboard.pages.facts import consumer_config_facts, stream_config_facts
@@ -132,6 +133,9 @@ def stream_context(stream: Stream, range_key: str, now: datetime | None = None) 
     """Everything the stream page's partials show."""
     now = now or timezone.now()
     consumers = list(stream.consumers.filter(deleted_at__isnull=True).order_by("name"))
+    waiting = waiting_counts(stream.name)
+    for c in consumers:
+        setattr(c, "dead_letters", waiting.get((stream.name, c.name), 0))  # noqa: B010
     charted = sorted(consumers, key=lambda c: (-c.lag, c.name))[:LAG_SERIES_SHOWN]
     gaps = Gap.objects.filter(stream=stream)
     gap_totals = gaps.aggregate(n=Count("id"), missing=Sum(F("last_seq") - F("first_seq") + 1))
@@ -142,6 +146,7 @@ def stream_context(stream: Stream, range_key: str, now: datetime | None = None) 
         "gap_count": gap_totals["n"] or 0,
         "gap_missing": gap_totals["missing"] or 0,
         "consumers": consumers,
+        "dead_letters": sum(waiting.values()),  # new ones waiting: its consumers' and its own
         "subjects": subject_rates(stream, now),
         "config_facts": stream_config_facts(stream.config),
         "events": newest_events(stream),
@@ -209,6 +214,7 @@ def consumer_context(stream: Stream, consumer: Consumer, range_key: str,
         "consumer": consumer,
         "config_facts": consumer_config_facts(consumer.config),
         "ack_rate": charts.recent_ack_rate(stream.id, consumer.name, now),
+        "dead_letters": waiting_counts(stream.name).get((stream.name, consumer.name), 0),
         "range": range_key,
         "ranges": list(charts.RANGES),
         "counter_chart": counters,

@@ -2,7 +2,8 @@
    never executed). The first non-empty graph is laid out by dagre, left to right; after that,
    when the server replaces #topology-data (an htmx out-of-band swap), the diff is applied: new
    nodes are placed next to their neighbours, vanished ones removed, labels and health updated,
-   and no existing node moves. The list beside it (#topology-list) is filtered by
+   and no existing node moves. A node with dead letters waiting is drawn red with a double
+   border and their count under its name. The list beside it (#topology-list) is filtered by
    #topology-filter. Exposed as window.flowscopeTopology for tests. */
 (function () {
   "use strict";
@@ -12,6 +13,7 @@
     ok: { fill: "#f8fafc", line: "#94a3b8" },
     warn: { fill: "#fef3c7", line: "#d97706" },
     bad: { fill: "#fee2e2", line: "#dc2626" },
+    dead: { fill: "#fee2e2", line: "#dc2626" }, // dead letters waiting
   };
   var KIND_SHAPE = {
     publisher: "ellipse",
@@ -21,9 +23,20 @@
     service: "round-hexagon",
   };
 
+  function deadText(n) {
+    return n + " dead letter" + (n === 1 ? "" : "s");
+  }
+
+  // The label drawn: the name, and under it the dead letters waiting, if any.
+  function nodeLabel(node) {
+    var dead = node.data("dead_letters") || 0;
+    return (node.data("label") || "") + (dead ? "\n" + deadText(dead) : "");
+  }
+
   function nodeWidth(node) {
     var label = node.data("label") || "";
-    return Math.min(260, Math.max(70, label.length * 7 + 24));
+    var dead = node.data("dead_letters") ? deadText(node.data("dead_letters")).length : 0;
+    return Math.min(260, Math.max(70, Math.max(label.length, dead) * 7 + 24));
   }
 
   function style() {
@@ -31,10 +44,10 @@
       {
         selector: "node",
         style: {
-          label: "data(label)",
+          label: nodeLabel,
           shape: function (n) { return KIND_SHAPE[n.data("kind")] || "round-rectangle"; },
           width: nodeWidth,
-          height: 30,
+          height: function (n) { return n.data("dead_letters") ? 44 : 30; },
           "background-color": function (n) { return (HEALTH[n.data("health")] || HEALTH.ok).fill; },
           "border-color": function (n) { return (HEALTH[n.data("health")] || HEALTH.ok).line; },
           "border-width": function (n) { return n.data("health") === "ok" ? 1.5 : 3; },
@@ -48,6 +61,7 @@
           "text-wrap": "ellipsis",
         },
       },
+      { selector: "node[dead_letters > 0]", style: { "text-wrap": "wrap", "border-style": "double", "border-width": 4 } },
       { selector: "node[kind = 'stream']", style: { "font-weight": "bold", "background-color": function (n) { return n.data("health") === "ok" ? "#dbeafe" : HEALTH[n.data("health")].fill; } } },
       { selector: "node[kind = 'publisher'], node[kind = 'service']", style: { "font-family": "system-ui, sans-serif" } },
       { selector: "node[url != '']", style: { cursor: "pointer" } },
@@ -94,6 +108,12 @@
       var url = evt.target.data("url");
       if (url) window.location.assign(url);
     });
+    // The tooltip: the node's name, what it is, and what is wrong with it.
+    this.cy.on("mouseover", "node", function (evt) {
+      var d = evt.target.data();
+      container.title = [d.label, d.detail, d.health_text].filter(Boolean).join("\n");
+    });
+    this.cy.on("mouseout", "node", function () { container.title = ""; });
   }
 
   Topology.prototype.read = function () {
