@@ -32,8 +32,8 @@ run: $(STAMP) $(SCAN_EXT)
 test: $(STAMP) $(SCAN_EXT)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Fails when a target of any benchmark is missed (after running them all);
-# figure means.
+# Fails when a target of any benchmark is missed (after running them all); QUICK=1 for a
+# smaller run of each. bench/README.md says what each figure means.
 bench: $(STAMP) $(SCAN_EXT)
 	@status=0; \
 	$(PY) bench/tap_ingest.py $(if $(QUICK),--quick) || status=$$?; \
