@@ -56,6 +56,7 @@ class Heartbeat:
         self.tap = tap
         self.rate = Rate()
         self.ok = True
+        self.last_ok: float | None = None  # time.monotonic() of the last heartbeat written
 
     def status(self) -> dict[str, Any]:
         tap = self.tap
@@ -108,6 +109,7 @@ class Heartbeat:
         while not self.tap.stop.is_set():
             try:
                 await self.beat()
+                self.last_ok = time.monotonic()
                 if not self.ok:
                     log.warning("heartbeat: written again")
                 self.ok = True
