@@ -20,9 +20,11 @@ def checks(tap: Tap) -> dict[str, str]:
     nc, beat = tap.nc, tap.heartbeat
     last = beat.last_ok
     fresh = last is not None and time.monotonic() - last < tap.config.heartbeat_fresh
+    # the heartbeat, discovery and the writer each say when PostgreSQL refused them
+    db_ok = beat.ok and tap.db_ok and tap.writer.db_down_since is None
     return {
         "nats": "ok" if nc is not None and nc.is_connected else "unreachable",
-        "database": "ok" if beat.ok and tap.writer.db_down_since is None else "unreachable",
+        "database": "ok" if db_ok else "unreachable",
         "heartbeat": "ok" if fresh else ("starting" if last is None else "stale"),
         "writer": "ok" if tap.writer_running else "restarting",
     }
