@@ -94,14 +94,19 @@ async def nats_check() -> str:
     if time.monotonic() - at < NATS_REUSE:
         return answer
 
-    async def quiet(*args: Any) -> None:  # nats-py's own error logging, per failed attempt
-        return None
+    seen: list[BaseException] = []  # what each attempt met (nats-py would log each itself)
+
+    async def quiet(*args: Any) -> None:
+        seen.extend(a for a in args if isinstance(a, BaseException))
 
     options: dict[str, Any] = {
         "name": "flowscope-web-readyz",
         "connect_timeout": NATS_TIMEOUT,
         "allow_reconnect": False,
-        "max_reconnect_attempts": 0,
+        # each server tried twice, 50 ms apart, then NoServersError: a refused connection
+        # answers at once (with 0, nats-py's connect would try again until the timeout)
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.05,
         "error_cb": quiet,
         "disconnected_cb": quiet,
         "closed_cb": quiet,
@@ -115,7 +120,7 @@ async def nats_check() -> str:
             await nc.flush(timeout=2)  # (asyncio.timeout bounds it) a PING answered
         answer = "ok"
     except Exception as exc:  # refused, timed out, authentication: all "unreachable" here
-        log.warning("readyz: NATS is unreachable: %r", exc)
+        log.warning("readyz: NATS is unreachable: %r%s", exc, f" ({seen[-1]!r})" if seen else "")
         answer = "unreachable"
     finally:
         if nc is not None:
