@@ -353,3 +353,85 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.stream_name}:{self.seq} ({self.consumer or self.reason})"
+
+
+class ReplayJob(models.Model):
+    """A replay of dead letters (issue #15): one, a selection, or all that matched a filter.
+
+    Its items are fixed when it is created. A worker (eventbus/replay.py, a supervised task of
+    every tap) claims it with FOR UPDATE SKIP LOCKED and a lease it renews while it publishes;
+    a worker that dies lets the lease run out and another one resumes the job from the items
+    not yet acknowledged (each published with the same Nats-Msg-Id, so the stream's duplicate
+    window drops a copy the dead worker had sent but not recorded)."""
+
+    class Mode(models.TextChoices):
+        COPY = "copy", "copy (the original stays where it is)"
+        MOVE = "move", "move (the original leaves its stream once the copy is stored)"
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"  # every item ended, published or failed: see the counts
+        CANCELLED = "cancelled"
+
+    created_at = models.DateTimeField()
+    user = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    username = models.CharField(max_length=150, blank=True, default="")
+    mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.COPY)
+    subject = models.TextField(blank=True, default="")  # "" = each one's original subject
+    rate = models.FloatField(null=True, blank=True)  # messages a second; None = unthrottled
+    selection = models.JSONField(default=dict, blank=True)  # {"ids": [...]} or {"filter": {...}}
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    total = models.IntegerField(default=0)
+    published = models.IntegerField(default=0)
+    failed = models.IntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    worker = models.CharField(max_length=64, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    resumed = models.IntegerField(default=0)  # times another worker took it over
+
+    class Meta:
+        db_table = "flowscope_replayjob"
+        indexes = [models.Index(fields=["state", "id"], name="replayjob_state")]
+
+    def __str__(self) -> str:
+        return f"replay job {self.id} ({self.state}, {self.published}/{self.total})"
+
+    @property
+    def ended(self) -> int:
+        return self.published + self.failed
+
+
+class ReplayItem(models.Model):
+    """One dead letter of a replay job, and how its publish ended."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        PUBLISHED = "published"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    job = models.ForeignKey(ReplayJob, on_delete=models.CASCADE, related_name="items")
+    position = models.IntegerField()
+    dead_letter = models.ForeignKey(DeadLetter, on_delete=models.CASCADE, related_name="replays")
+    attempt = models.IntegerField()  # part of the Nats-Msg-Id: a deliberate replay again is +1
+    msg_id = models.CharField(max_length=128)
+    subject = models.TextField(blank=True, default="")  # where it went (or was to go)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    result_stream = models.CharField(max_length=255, blank=True, default="")
+    result_seq = models.BigIntegerField(null=True, blank=True)
+    duplicate = models.BooleanField(default=False)  # the server had it already (a retry)
+    deleted_original = models.BooleanField(null=True, blank=True)  # move mode
+    error = models.TextField(blank=True, default="")
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "flowscope_replayitem"
+        constraints = [
+            models.UniqueConstraint(fields=["job", "position"], name="replayitem_position"),
+        ]
+        indexes = [models.Index(fields=["job", "state", "position"], name="replayitem_todo")]

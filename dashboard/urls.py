@@ -4,7 +4,17 @@ from django.urls import include, path
 from prometheus_client.django import PrometheusDjangoView
 
 from dashboard import health, metrics, security, views
-from dashboard.pages import audit, deadletters, event, events, manage, streams, tokens, topology
+from dashboard.pages import (
+    audit,
+    deadletters,
+    event,
+    events,
+    manage,
+    replays,
+    streams,
+    tokens,
+    topology,
+)
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -48,6 +58,21 @@ urlpatterns = [
     path("audit/", audit.audit_log, name="audit"),
     path("dead-letters/", deadletters.dead_letter_list, name="dead-letters"),
     path("dead-letters/<int:letter_id>/", deadletters.dead_letter_detail, name="dead-letter"),
+    path(
+        "dead-letters/<int:letter_id>/replay/",
+        replays.dead_letter_replay,
+        name="dead-letter-replay",
+    ),
+    path(
+        "dead-letters/<int:letter_id>/discard/",
+        replays.dead_letter_discard,
+        name="dead-letter-discard",
+    ),
+    path("dead-letters/replay/", replays.bulk_replay, name="dead-letters-replay"),
+    path("dead-letters/discard/", replays.bulk_discard, name="dead-letters-discard"),
+    path("replays/", replays.replay_list, name="replays"),
+    path("replays/<int:job_id>/", replays.replay_detail, name="replay"),
+    path("replays/<int:job_id>/cancel/", replays.replay_cancel, name="replay-cancel"),
     path("events/<str:stream>/<int:seq>/", event.event_by_seq, name="event"),
     path("events/<str:stream>/id/<int:event_id>/", event.event_by_id, name="event-by-id"),
     path("events/<str:stream>/<int:seq>/payload/", event.full_payload, name="event-payload"),

@@ -4,7 +4,7 @@
 registry.py (streams and their rows), lease.py (which streams this tap owns), observers.py (how
 each stream is read), writer.py (batched COPY with checkpoints), digest.py (what the web app is
 told after each commit), lag.py (consumer lag), partitions.py (retention), deadletters.py (what
-consumers gave up on).
+consumers gave up on), replay.py (the worker that replays them).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from eventbus.registry import (
     mark_deleted,
     upsert_stream,
 )
+from eventbus.replay import ReplayWorker
 from eventbus.supervise import Supervisor
 from eventbus.writer import Committed, Writer
 
@@ -132,6 +133,7 @@ class Tap:
         self.writer_running = False
         self.heartbeat = Heartbeat(self)
         self.deadletters: DeadLetterCapture | None = None
+        self.replays: ReplayWorker | None = None
         # For /metrics: each owned stream's last recorded sequence (moved per batch) and how far
         # the stream's last sequence was past it when the lag sampler last looked.
         self.recorded: dict[str, int] = {}
@@ -233,11 +235,14 @@ class Tap:
         sup.spawn("dead letters", self.deadletters.run)
         if c.dlq_streams:
             sup.spawn("dead-letter streams", self.deadletters.run_dlq)
+        # replay jobs: eventbus/replay.py (every tap runs a worker; SKIP LOCKED shares the jobs)
+        self.replays = ReplayWorker(self.nc, c.database_url, self.stop, prefix=c.subject_prefix)
+        sup.spawn("replays", self.replays.run)
         await self.stop.wait()
         log.info("tap %s stopping: flushing what it holds", self.id)
         # The loops first, so none of them starts an observer after this point.
         loops = ["discovery", "heartbeat", "retention", "lag sampler", "dead letters"]
-        await sup.wait([*loops, "dead-letter streams"], timeout=10)
+        await sup.wait([*loops, "dead-letter streams", "replays"], timeout=10)
         for name in list(self.observers):
             await self._stop_observer(name)
         for sub in (advisories, observing):

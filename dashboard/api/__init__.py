@@ -13,6 +13,7 @@ from ninja import NinjaAPI
 
 from dashboard.api import errors
 from dashboard.api import manage as _manage  # noqa: F401  (adds its operations to /streams)
+from dashboard.api import replays as _replays  # its own router, and POSTs on /dead-letters
 from dashboard.api.audit import router as audit_router
 from dashboard.api.auth import API_AUTH, docs_login
 from dashboard.api.deadletters import router as deadletters_router
@@ -41,3 +42,4 @@ api.add_router("/streams", streams_router)
 api.add_router("/events", events_router)
 api.add_router("/audit", audit_router)
 api.add_router("/dead-letters", deadletters_router)
+api.add_router("/replays", _replays.router)

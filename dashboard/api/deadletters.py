@@ -73,7 +73,7 @@ def list_dead_letters(request: HttpRequest, params: Query[DeadLetterQuery]) -> d
     return {"items": [as_item(d) for d in page.items], "next": page.next}
 
 
-@router.get("/{letter_id}",
+@router.get("/{int:letter_id}",
             response={200: DeadLetterDetailOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
             summary="One dead letter, with its headers and payload")  # fmt: skip
 def get_dead_letter(request: HttpRequest, letter_id: int) -> dict[str, Any]:

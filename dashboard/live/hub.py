@@ -74,8 +74,13 @@ def group_name(topic: str) -> str:
 
 def dirty_topics(subject: str, body: dict[str, Any]) -> set[str]:
     """The topics a digest changes (pure: unit-tested)."""
-    topics = {"overview", "topology"}
     kind = subject.rsplit(".", 1)[-1]
+    if kind == "replays":  # a replay job's progress (eventbus/replay.py)
+        jobs = body.get("jobs") or {}
+        return (
+            {f"replay:{j}" for j in jobs if str(j).isdigit()} if isinstance(jobs, dict) else set()
+        )
+    topics = {"overview", "topology"}
     streams = body.get("streams") or {}
     if not isinstance(streams, dict):
         return topics

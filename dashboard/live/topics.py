@@ -1,9 +1,9 @@
 """What a page may watch, and how each topic is rendered.
 
 A topic names one page's live part: `overview`, `topology`, `stream:<name>`,
-`consumer:<stream>:<name>`. A socket watches only the topics its page shows (given in the
-`ws-connect` URL, checked here). Each topic renders to the HTML of that page's live partials,
-each root marked `hx-swap-oob`, from the same named partials as the full page.
+`consumer:<stream>:<name>`, `replay:<job id>`. A socket watches only the topics its page shows
+(given in the `ws-connect` URL, checked here). Each topic renders to the HTML of that page's
+live partials, each root marked `hx-swap-oob`, from the same named partials as the full page.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ RENDERERS: dict[str, str] = {
     "stream": "dashboard.pages.streams:stream_live_html",
     "consumer": "dashboard.pages.streams:consumer_live_html",
     "tail": "dashboard.pages.events:tail_live_html",
+    "replay": "dashboard.pages.replays:replay_live_html",
 }
 MAX_TAIL = 4096  # a tail topic carries its filter's query string, percent-encoded
 
@@ -34,7 +35,7 @@ def parse_topic(text: str) -> tuple[str, tuple[str, ...]] | None:
         ok = len(rest) <= MAX_TAIL and ":" not in rest and "," not in rest and rest.isprintable()
         return (kind, (rest,)) if ok else None
     names = tuple(rest.split(":")) if rest else ()
-    arity = {"stream": 1, "consumer": 2}.get(kind)
+    arity = {"stream": 1, "consumer": 2, "replay": 1}.get(kind)
     if arity is None or len(names) != arity:
         return None
     if any(not n or len(n) > MAX_NAME or not n.isprintable() for n in names):

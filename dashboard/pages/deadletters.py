@@ -1,6 +1,7 @@
 """/dead-letters/ and /dead-letters/<id>/ (issue #15): what consumers gave up on, filtered,
 counted per stream and consumer, and one dead letter with its payload shown as the event page
-shows one (dashboard/event_detail.py). Read-only: replay and discard come later."""
+shows one (dashboard/event_detail.py), with its replays and, for operators, the replay and
+discard forms (they post to dashboard/pages/replays.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from django.shortcuts import render
 from dashboard.deadletters import dead_letters, trace_id, waiting
 from dashboard.event_detail import header_rows, payload_view
 from dashboard.models import DeadLetter, Stream
+from dashboard.pages.replays import DiscardForm, ReplayForm
 from dashboard.roles import require
 from dashboard.search.filters import FilterError
 
@@ -50,5 +52,7 @@ def dead_letter_detail(request: HttpRequest, letter_id: int) -> HttpResponse:
         "d": d, "payload": payload, "active": active, "headers": header_rows(d.headers),
         "trace_id": trace_id(d),
         "stream_known": Stream.objects.filter(name=d.stream_name, deleted_at=None).exists(),
+        "history": list(d.replays.select_related("job").order_by("-id")[:50]),
+        "replay_form": ReplayForm(initial={"mode": "copy"}), "discard_form": DiscardForm(),
     }  # fmt: skip
     return render(request, "dashboard/deadletter.html", ctx)
