@@ -70,6 +70,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "dashboard.metrics.RequestMetrics",  # first: it times and counts every request
     "dashboard.middleware.reject_nul",
     "django.middleware.security.SecurityMiddleware",
     "dashboard.security.ContentSecurityPolicy",
@@ -200,6 +201,13 @@ FLOWSCOPE_ADVISORY_STREAM = os.environ.get("FLOWSCOPE_ADVISORY_STREAM", "FLOWSCO
 FLOWSCOPE_DLQ_STREAMS = [
     s.strip() for s in os.environ.get("FLOWSCOPE_DLQ_STREAMS", "").split(",") if s.strip()
 ]
+# /metrics, /healthz and /readyz of the tap and the demo on ports of their own
+# (eventbus/httpserver.py); 0 turns a port off. The web app serves them on its own port.
+FLOWSCOPE_METRICS_HOST = os.environ.get("FLOWSCOPE_METRICS_HOST", "127.0.0.1")
+FLOWSCOPE_TAP_METRICS_PORT = envint("FLOWSCOPE_TAP_METRICS_PORT", 9470)
+FLOWSCOPE_DEMO_METRICS_PORT = envint("FLOWSCOPE_DEMO_METRICS_PORT", 9471)
+# The web app's /readyz wants a tap heartbeat at most this many seconds old (0: no tap check).
+FLOWSCOPE_READY_TAP_SECONDS = float(os.environ.get("FLOWSCOPE_READY_TAP_SECONDS", "10"))
 FLOWSCOPE_DEMO_RATE = float(os.environ.get("FLOWSCOPE_DEMO_RATE", "2"))  # orders per second
 FLOWSCOPE_DEMO_FAILURE_RATE = float(os.environ.get("FLOWSCOPE_DEMO_FAILURE_RATE", "0.1"))
 

@@ -48,6 +48,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from psycopg.types.json import Jsonb
 
+from eventbus import metrics
 from eventbus.aio import wait_event
 from eventbus.records import clean_text, parse_nats_time
 from eventbus.registry import JetStreamError, list_streams
@@ -366,6 +367,7 @@ class DeadLetterCapture:
             return parse_advisory(msg.data)
         except BadAdvisory as exc:
             self.bad += 1
+            metrics.DEADLETTER_ADVISORIES_IGNORED.inc()
             log.warning("dead letters: advisory on %s ignored (%s): %r", msg.subject, exc,
                         msg.data[:200])  # fmt: skip
             await msg.ack()  # it will never parse: do not have it delivered again
@@ -397,11 +399,14 @@ class DeadLetterCapture:
         if not counts:
             return
         self.written += sum(counts.values())
+        for (stream, _consumer, reason), n in counts.items():
+            metrics.DEADLETTERS_CAPTURED.labels(stream, reason).inc(n)
         if self.nc.is_connected:
             try:
                 await self.nc.publish(
                     digest_subject(self.subject_prefix), deadletters_digest(counts)
                 )
+                metrics.DIGESTS_PUBLISHED.labels("deadletters").inc()
             except nats.errors.Error as exc:
                 log.warning("dead letters: digest not sent (%r)", exc)
 

@@ -56,6 +56,7 @@ class Heartbeat:
         self.tap = tap
         self.rate = Rate()
         self.ok = True
+        self.last_ok: float | None = None  # time.monotonic() of the last heartbeat written
 
     def status(self) -> dict[str, Any]:
         tap = self.tap
@@ -97,17 +98,21 @@ class Heartbeat:
                     marks.append((observer, observer.dropped))
         return found, marks
 
-    async def beat(self) -> None:
+    async def beat(self) -> bool:
+        """Write the row; False when the lease has no connection to write it on (yet)."""
         dropped, marks = self.dropped()
         if await self.tap.lease.heartbeat(self.status(), dropped):
             for observer, count in marks:
                 observer.dropped_reported = count
+            return True
+        return False
 
     async def run(self) -> None:
         interval = self.tap.config.heartbeat_interval
         while not self.tap.stop.is_set():
             try:
-                await self.beat()
+                if await self.beat():
+                    self.last_ok = time.monotonic()
                 if not self.ok:
                     log.warning("heartbeat: written again")
                 self.ok = True

@@ -16,7 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
-from eventbus.embedded import EmbeddedNats, EmbeddedPostgres
+from eventbus.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 log = logging.getLogger("flowscope.stack")
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,10 +65,27 @@ class Stack:
         self.children.append((name, proc))
         log.info("started %s (pid %d)", name, proc.pid)
 
+    def metrics_port(self, setting: str, default: int) -> int:
+        """The tap's or the demo's metrics port: the configured one (default `default`), or a
+        free one when that is taken; 0 stays 0 (off). Written into the children's environment."""
+        value = self.env.get(setting, "").strip()
+        port = int(value) if value else default
+        if port:
+            port = free_port(port)
+        self.env[setting] = str(port)
+        return port
+
     def start_processes(self) -> None:
         port = os.environ.get("PORT", "8000")
+        urls = [f"web http://127.0.0.1:{port}/metrics"]
+        tap_port = self.metrics_port("FLOWSCOPE_TAP_METRICS_PORT", 9470)
+        if tap_port:
+            urls.append(f"tap http://127.0.0.1:{tap_port}/metrics")
         self.spawn("tap", [sys.executable, "manage.py", "tap"])
         if self.env.get("FLOWSCOPE_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"):
+            demo_port = self.metrics_port("FLOWSCOPE_DEMO_METRICS_PORT", 9471)
+            if demo_port:
+                urls.append(f"demo http://127.0.0.1:{demo_port}/metrics")
             self.spawn("demo", [sys.executable, "manage.py", "demo", "--wait-for-tap", "30"])
         self.spawn(
             "web",
@@ -76,6 +93,7 @@ class Stack:
              "dashboard.asgi:application"],
         )  # fmt: skip
         log.info("Flowscope is at http://127.0.0.1:%s/ (Ctrl-C stops everything)", port)
+        log.info("metrics: %s (each also answers /healthz and /readyz)", ", ".join(urls))
 
     def wait(self, stop: list[bool]) -> int:
         while not stop:

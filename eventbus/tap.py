@@ -24,10 +24,11 @@ import psycopg
 from nats.aio.client import Client
 from nats.errors import SlowConsumerError
 
-from eventbus import digest, lag, scan, topology
+from eventbus import digest, lag, metrics, probes, scan, topology
 from eventbus.aio import wait_event
 from eventbus.deadletters import ADVISORY_STREAM, DeadLetterCapture
 from eventbus.heartbeat import Heartbeat
+from eventbus.httpserver import ProbeServer
 from eventbus.lease import Lease
 from eventbus.natsconn import servers
 from eventbus.observers import (
@@ -76,6 +77,11 @@ class TapConfig:
     # Flowscope's own stream of consumer advisories (not observed as an application stream).
     advisory_stream: str = ADVISORY_STREAM
     dlq_streams: tuple[str, ...] = ()  # names or fnmatch patterns: each message a dead letter
+    # /metrics, /healthz and /readyz (eventbus/httpserver.py); port 0: none
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    # /readyz: the heartbeat must have been written within this many seconds
+    heartbeat_fresh: float = 10.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> TapConfig:
@@ -93,6 +99,8 @@ class TapConfig:
             ),
             advisory_stream=settings.FLOWSCOPE_ADVISORY_STREAM,
             dlq_streams=tuple(settings.FLOWSCOPE_DLQ_STREAMS),
+            metrics_host=settings.FLOWSCOPE_METRICS_HOST,
+            metrics_port=settings.FLOWSCOPE_TAP_METRICS_PORT,
         )
 
 
@@ -126,6 +134,10 @@ class Tap:
         self.heartbeat = Heartbeat(self)
         self.deadletters: DeadLetterCapture | None = None
         self.replays: ReplayWorker | None = None
+        # For /metrics: each owned stream's last recorded sequence (moved per batch) and how far
+        # the stream's last sequence was past it when the lag sampler last looked.
+        self.recorded: dict[str, int] = {}
+        self.behind: dict[str, int] = {}
 
     async def _db(self) -> psycopg.AsyncConnection[Any]:
         async with self.db_lock:  # several loops share it: connect once
@@ -142,6 +154,7 @@ class Tap:
         async def disconnected() -> None:
             if self.stop.is_set():
                 return
+            metrics.NATS_DISCONNECTS.inc()
             log.error("NATS connection lost: reconnecting (nothing still in the streams is lost)")
 
         async def reconnected() -> None:
@@ -176,6 +189,23 @@ class Tap:
                 await asyncio.sleep(2)
 
     async def run(self) -> None:
+        """Run until `stop`; /metrics and the probes answer from the start (before NATS is
+        reached: /readyz then says so) to the end."""
+        port = None
+        if self.config.metrics_port:
+            port = ProbeServer("tap", metrics.REGISTRY, lambda: probes.checks(self),
+                               self.config.metrics_host, self.config.metrics_port,
+                               "FLOWSCOPE_TAP_METRICS_PORT")  # fmt: skip
+            await port.start()
+        metrics.STATE.add(self, lambda: probes.samples(self))
+        try:
+            await self._run()
+        finally:
+            metrics.STATE.remove(self)
+            if port is not None:
+                await port.close()
+
+    async def _run(self) -> None:
         self.nc = await self.connect_nats()
         log.info("tap %s connected to %s", self.id, self.nc.connected_url)
         if scan.IMPLEMENTATION != "c":
@@ -340,6 +370,8 @@ class Tap:
         await self._give_up(name, self.config.handover_timeout if writing else 0.0)
 
     async def _give_up(self, name: str, timeout: float) -> None:
+        self.recorded.pop(name, None)
+        self.behind.pop(name, None)
         observer = self.observers.pop(name, None)
         self.incarnations.pop(name, None)
         self.seen.pop(name, None)
@@ -398,9 +430,13 @@ class Tap:
                      s.name, s.retention, mode, last_seq + 1)  # fmt: skip
         self.observers[s.name] = observer
         self.incarnations[s.name] = (stream_id, mode)
+        if mode != "subject":  # (a subject subscription has no sequences to be behind on)
+            self.recorded[s.name] = last_seq
         observer.start()
 
     async def _stop_observer(self, name: str) -> None:
+        self.recorded.pop(name, None)
+        self.behind.pop(name, None)
         observer = self.observers.pop(name, None)
         if observer is not None:
             await observer.stop()
@@ -412,14 +448,31 @@ class Tap:
                 await observer.resync(last)
 
     async def _announce(self, committed: Committed) -> None:
+        names = {sid: name for name, (sid, _) in self.incarnations.items()}
+        self._count(committed, names)
         if self.nc is None or not self.nc.is_connected:
             return
-        names = {sid: name for name, (sid, _) in self.incarnations.items()}
         with contextlib.suppress(Exception):
             await self.nc.publish(
                 f"{self.config.subject_prefix}.digest.events",
                 digest.events_digest(committed, names),
             )
+            metrics.DIGESTS_PUBLISHED.labels("events").inc()
+
+    def _count(self, committed: Committed, names: dict[int, str]) -> None:
+        """A committed batch in the metrics: a few calls per stream in it, none per event."""
+        metrics.BATCH_WRITE_SECONDS.observe(committed.seconds)
+        metrics.BATCH_EVENTS.observe(committed.count)
+        for stream_id, n in committed.counts.items():
+            metrics.EVENTS_INGESTED.labels(names.get(stream_id, "(given up)")).inc(n)
+        for gap in committed.gaps:
+            metrics.GAP_MESSAGES.labels(names.get(gap.stream_id, "(given up)")).inc(
+                gap.last_seq - gap.first_seq + 1
+            )
+        for stream_id, seq in committed.last_seq.items():
+            name = names.get(stream_id)
+            if name in self.recorded:
+                self.recorded[name] = max(self.recorded[name], seq)
 
     async def _retention_loop(self) -> None:
         partitions = Partitions()
@@ -445,11 +498,15 @@ class Tap:
         assert self.nc is not None
 
         async def on_sample(d: lag.LagSample) -> None:
+            for name, entry in d.streams.items():
+                if name in self.recorded:
+                    self.behind[name] = max(0, int(entry["last_seq"]) - self.recorded[name])
             if self.nc is not None and self.nc.is_connected:
                 with contextlib.suppress(Exception):
                     await self.nc.publish(
                         f"{self.config.subject_prefix}.digest.lag", digest.lag_digest(d)
                     )
+                    metrics.DIGESTS_PUBLISHED.labels("lag").inc()
 
         await lag.run_sampler(
             self.nc,

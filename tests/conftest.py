@@ -13,6 +13,10 @@ import pytest
 from eventbus.embedded import EmbeddedNats, EmbeddedNatsCluster
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# The taps and demos tests start get no metrics port unless a test gives them a free one: a
+# fixed default port would be taken by the first and refused (logged) to the others.
+os.environ.setdefault("FLOWSCOPE_TAP_METRICS_PORT", "0")
+os.environ.setdefault("FLOWSCOPE_DEMO_METRICS_PORT", "0")
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from pathlib import Path
 import nats
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from eventbus.embedded import free_port
 from tests.taputil import ROOT
@@ -57,6 +58,9 @@ class Run:
             FLOWSCOPE_NATS_PORT=str(free_port()),
             FLOWSCOPE_PG_PORT=str(free_port()),
             FLOWSCOPE_ADMIN_PASSWORD="first-run-password",
+            # as a user's shell has them: unset, so the stack picks 9470/9471 or free ones
+            FLOWSCOPE_TAP_METRICS_PORT="",
+            FLOWSCOPE_DEMO_METRICS_PORT="",
         )
         self.log = state.parent / f"stack-{time.monotonic_ns()}.log"
         self.port = port
@@ -179,9 +183,22 @@ def test_run_serves_login_stops_cleanly_on_ctrl_c_and_keeps_its_state(tmp_path):
         assert _demo_gaps(database_url2) == []
         pids = second.pids()
         assert "demo" in pids, pids
+        # each process's metrics port, printed by the stack, parses and is ready
+        urls = dict(re.findall(r"(tap|demo) (http://\S+)/metrics", second.text()))
+        assert set(urls) == {"tap", "demo"}, second.text()[-3000:]
+        for base in (f"http://127.0.0.1:{port}", urls["tap"], urls["demo"]):
+            assert _get(base + "/readyz")[0] == 200, base
+            assert "process_cpu_seconds_total" in _metrics(base + "/metrics"), base
+        assert "flowscope_tap_events_ingested_total" in _metrics(urls["tap"] + "/metrics")
+        assert "flowscope_demo_messages_handled_total" in _metrics(urls["demo"] + "/metrics")
     finally:
         assert second.ctrl_c() == 0
     assert not [name for name, pid in pids.items() if _alive(pid)], second.text()[-2000:]
+
+
+def _metrics(url: str) -> set[str]:
+    """The sample names of a /metrics, parsed by prometheus_client."""
+    return {s.name for f in text_string_to_metric_families(_get(url)[1]) for s in f.samples}
 
 
 def _first_order(database_url: str) -> str:

@@ -21,10 +21,11 @@ from nats.js.kv import KeyValue
 from opentelemetry.sdk.trace import TracerProvider
 
 from eventbus.aio import wait_event
-from eventbus.demo import topology
+from eventbus.demo import metrics, topology
 from eventbus.demo.services import World, new_order
 from eventbus.demo.tracing import Tracing
 from eventbus.demo.worker import Publisher, Worker
+from eventbus.httpserver import ProbeServer
 from eventbus.natsconn import servers
 
 log = logging.getLogger("flowscope.demo")
@@ -43,6 +44,9 @@ class DemoConfig:
     wait_for_tap: float = 0.0  # seconds to wait, before the first order, for a tap to watch
     tap_prefix: str = "flowscope"  # the tap's FLOWSCOPE_SUBJECT_PREFIX
     topology: topology.Settings = field(default_factory=topology.Settings)
+    # /metrics, /healthz and /readyz (eventbus/demo/metrics.py); port 0: none
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
 
 
 class Demo:
@@ -232,6 +236,16 @@ class Demo:
 
 async def run(config: DemoConfig, stop: asyncio.Event) -> None:
     demo = Demo(config)
-    await demo.start()
-    await stop.wait()
-    await demo.stop()
+    port = None
+    if config.metrics_port:  # answering from the start: /readyz says what it still waits for
+        port = ProbeServer("demo", metrics.registry_for(demo), lambda: metrics.checks(demo),
+                           config.metrics_host, config.metrics_port,
+                           "FLOWSCOPE_DEMO_METRICS_PORT")  # fmt: skip
+        await port.start()
+    try:
+        await demo.start()
+        await stop.wait()
+        await demo.stop()
+    finally:
+        if port is not None:
+            await port.close()

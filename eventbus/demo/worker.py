@@ -90,6 +90,8 @@ class Stats:
     duplicates: int = 0
     retried: int = 0
     terminated: int = 0
+    errors: int = 0  # the handler raised something unexpected (retried, counted in `retried`)
+    failed: int = 0  # an ack or a publish failed (NATS): left to redelivery
     max_concurrent: int = 0
     acked: list[str] = field(default_factory=list)  # Nats-Msg-Ids whose work is done and acked
 
@@ -213,6 +215,7 @@ class Worker:
             with self.publisher.tracing.consuming(msg.subject, msg.headers) as span:
                 await self._process(msg, incoming, span)
         except nats.errors.Error as exc:  # the ack or a publish failed: redelivery handles it
+            self.stats.failed += 1
             log.warning("%s: %s (the message will be redelivered)", self.spec.durable, exc)
 
     async def _process(self, msg: Msg, incoming: Incoming, span: Span) -> None:
@@ -236,6 +239,7 @@ class Worker:
             return
         except Exception as exc:
             self.stats.retried += 1
+            self.stats.errors += 1
             log.exception("%s: handler failed on %s: %s", self.spec.durable, key, exc)
             await msg.nak(delay=self.retry_delay)
             return

@@ -32,6 +32,8 @@ class Command(BaseCommand):
             service_header=settings.FLOWSCOPE_SERVICE_HEADER,
             wait_for_tap=wait,
             tap_prefix=settings.FLOWSCOPE_SUBJECT_PREFIX,
+            metrics_host=settings.FLOWSCOPE_METRICS_HOST,
+            metrics_port=settings.FLOWSCOPE_DEMO_METRICS_PORT,
         )
 
         async def main() -> None:
