@@ -30,7 +30,11 @@ class Tracing:
 
     @contextmanager
     def producing(
-        self, subject: str, headers: MutableMapping[str, str], parent: Span | None
+        self,
+        subject: str,
+        headers: MutableMapping[str, str],
+        parent: Span | None,
+        size: int | None = None,
     ) -> Iterator[Span]:
         """The span of publishing one message, child of `parent` (None: a new trace); it is
         written into `headers`."""
@@ -39,7 +43,7 @@ class Tracing:
             context = trace.set_span_in_context(parent)
         token = otel_context.attach(context)
         try:
-            with telemetry.producer_span(subject, headers, tracer=self.tracer) as span:
+            with telemetry.producer_span(subject, headers, size=size, tracer=self.tracer) as span:
                 yield span
         finally:
             otel_context.detach(token)

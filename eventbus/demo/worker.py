@@ -107,7 +107,7 @@ class Publisher:
         subject = self.names.subject(effect.subject)
         data = effect.data if isinstance(effect.data, bytes) else json.dumps(effect.data).encode()
         headers = {"Nats-Msg-Id": effect.msg_id, self.header: self.service}
-        with self.tracing.producing(subject, headers, parent):
+        with self.tracing.producing(subject, headers, parent, len(data)):
             await self.js.publish(subject, data, headers=headers)
 
 
