@@ -4,7 +4,11 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from eventbus import telemetry
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+# Before Django builds its handler: the tracing middleware must be in MIDDLEWARE by then.
+telemetry.setup_web()
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402 - needs Django set up first
@@ -15,7 +19,7 @@ from dashboard.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": telemetry.traced_http(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

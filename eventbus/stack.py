@@ -16,6 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
+from eventbus import logs
 from eventbus.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 log = logging.getLogger("flowscope.stack")
@@ -140,7 +141,7 @@ def _redact(url: str) -> str:
 
 def main() -> int:
     warnings.filterwarnings("ignore", module="platformdirs")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()  # as the children log (eventbus/logs.py), before Django is loaded
     state_dir = Path(os.environ.get("FLOWSCOPE_STATE_DIR", ROOT / ".state"))
     stack = Stack(state_dir)
     stop: list[bool] = []

@@ -37,12 +37,16 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 import psycopg
+from opentelemetry import trace
 
+from eventbus import telemetry
 from eventbus.aio import wait_event
 from eventbus.partitions import Partitions
 from eventbus.records import COPY_SIGNATURE, COPY_TRAILER, NEWEST, Chunk, Gap, Recent
 
 log = logging.getLogger("flowscope.writer")
+# One span per batch committed (never per event): its checkpoint queries are its children.
+tracer = trace.get_tracer("flowscope.tap")
 
 Item = Chunk | Gap
 COLUMNS = (
@@ -362,6 +366,7 @@ class Writer:
             conn = await psycopg.AsyncConnection.connect(
                 self.database_url, application_name="flowscope-tap-writer", connect_timeout=5
             )
+            telemetry.instrument_connection(conn)
             self.conns[lane] = conn
         return conn
 
@@ -474,45 +479,51 @@ class Writer:
                 span[1] = last
                 span[2] += n
         conflicts: set[int] = set()
+        events = sum(i.count for i in batch if isinstance(i, Chunk))
         try:
-            async with conn.transaction(), conn.cursor() as cur:
-                if staged:
-                    await cur.execute(STAGE_SQL)
-                # The rows are already in COPY's binary format: sent as they are.
-                async with cur.copy(STAGE_COPY_SQL if staged else COPY_SQL) as copy:
-                    await copy.write(COPY_SIGNATURE)
-                    for i in batch:
-                        if isinstance(i, Chunk) and i.rows:
-                            await copy.write(i.rows)
-                    await copy.write(COPY_TRAILER)
-                if staged:
-                    await cur.execute(STAGE_INSERT_SQL)
-                gaps = [i for i in batch if isinstance(i, Gap)]
-                if gaps:
-                    await cur.executemany(
-                        "INSERT INTO flowscope_gap (stream_id, first_seq, last_seq, reason, "
-                        "detected_at) VALUES (%s, %s, %s, %s, now()) ON CONFLICT DO NOTHING",
-                        [(g.stream_id, g.first_seq, g.last_seq, g.reason) for g in gaps],
-                    )
-                if after is not None:
-                    await after.wait()  # the guards in batch order
-                for stream_id, (first, last, n) in ranges.items():
-                    await cur.execute(
-                        "UPDATE flowscope_checkpoint SET last_seq = %s, "
-                        "recorded = recorded + %s, updated_at = now() "
-                        "WHERE stream_id = %s AND last_seq = %s",
-                        (last, n, stream_id, first - 1),
-                    )
-                    if cur.rowcount != 1:
-                        conflicts.add(stream_id)
-                if conflicts:
-                    raise psycopg.Rollback()  # leaves the `transaction()` block, rolled back
-                for stream_id, n in unsequenced.items():
-                    await cur.execute(
-                        "UPDATE flowscope_checkpoint SET recorded = recorded + %s, "
-                        "updated_at = now() WHERE stream_id = %s",
-                        (n, stream_id),
-                    )
+            with tracer.start_as_current_span("tap commit") as commit:
+                commit.set_attribute("flowscope.batch.events", events)
+                commit.set_attribute("flowscope.batch.streams", len(ranges) + len(unsequenced))
+                commit.set_attribute("flowscope.batch.staged", staged)
+                async with conn.transaction(), conn.cursor() as cur:
+                    if staged:
+                        await cur.execute(STAGE_SQL)
+                    # The rows are already in COPY's binary format: sent as they are.
+                    async with cur.copy(STAGE_COPY_SQL if staged else COPY_SQL) as copy:
+                        await copy.write(COPY_SIGNATURE)
+                        for i in batch:
+                            if isinstance(i, Chunk) and i.rows:
+                                await copy.write(i.rows)
+                        await copy.write(COPY_TRAILER)
+                    if staged:
+                        await cur.execute(STAGE_INSERT_SQL)
+                    gaps = [i for i in batch if isinstance(i, Gap)]
+                    if gaps:
+                        await cur.executemany(
+                            "INSERT INTO flowscope_gap (stream_id, first_seq, last_seq, reason, "
+                            "detected_at) VALUES (%s, %s, %s, %s, now()) ON CONFLICT DO NOTHING",
+                            [(g.stream_id, g.first_seq, g.last_seq, g.reason) for g in gaps],
+                        )
+                    if after is not None:
+                        await after.wait()  # the guards in batch order
+                    for stream_id, (first, last, n) in ranges.items():
+                        await cur.execute(
+                            "UPDATE flowscope_checkpoint SET last_seq = %s, "
+                            "recorded = recorded + %s, updated_at = now() "
+                            "WHERE stream_id = %s AND last_seq = %s",
+                            (last, n, stream_id, first - 1),
+                        )
+                        if cur.rowcount != 1:
+                            conflicts.add(stream_id)
+                    if conflicts:
+                        commit.set_attribute("flowscope.batch.conflicts", len(conflicts))
+                        raise psycopg.Rollback()  # leaves the `transaction()` block, rolled back
+                    for stream_id, n in unsequenced.items():
+                        await cur.execute(
+                            "UPDATE flowscope_checkpoint SET recorded = recorded + %s, "
+                            "updated_at = now() WHERE stream_id = %s",
+                            (n, stream_id),
+                        )
         finally:
             if done is not None:
                 done.set()

@@ -1,73 +1,49 @@
 """W3C trace context in NATS headers: each message carries the producer span that sent it, and
-whatever a service publishes while handling a message is a child of that message's span."""
+whatever a service publishes while handling a message is a child of that message's span. The
+spans themselves are eventbus.telemetry's (messaging conventions); this picks the tracer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import Span, SpanKind
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace import Span
 
-PROPAGATOR = TraceContextTextMapPropagator()
-
-
-class HeaderGetter(Getter[Mapping[str, str]]):
-    """NATS headers, read case-insensitively: `traceparent` may come as `Traceparent`."""
-
-    def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
-        key = key.lower()
-        for k, v in carrier.items():
-            if k.lower() == key:
-                return [v]
-        return None
-
-    def keys(self, carrier: Mapping[str, str]) -> list[str]:
-        return list(carrier)
-
-
-GETTER = HeaderGetter()
-
-
-def extract(headers: Mapping[str, str] | None) -> Context:
-    return PROPAGATOR.extract(headers or {}, getter=GETTER)
-
-
-def inject(headers: dict[str, str], span: Span) -> None:
-    PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
+from eventbus import telemetry
 
 
 class Tracing:
+    """The demo's spans, from `provider` (tests) or the process's own (eventbus.telemetry)."""
+
     def __init__(self, provider: TracerProvider | None = None):
-        self.provider = provider or TracerProvider()
-        self.tracer = self.provider.get_tracer("flowscope.demo")
+        self.provider = provider
+        self.tracer = (provider or trace).get_tracer("flowscope.demo")
 
     @contextmanager
     def consuming(self, subject: str, headers: Mapping[str, str] | None) -> Iterator[Span]:
         """The span of handling one message, child of the span that published it."""
-        with self.tracer.start_as_current_span(
-            f"{subject} process",
-            context=extract(headers),
-            kind=SpanKind.CONSUMER,
-            attributes={"messaging.system": "nats", "messaging.destination.name": subject},
-        ) as span:
+        with telemetry.consumer_span(subject, headers, tracer=self.tracer) as span:
             yield span
 
     @contextmanager
-    def producing(self, subject: str, msg_id: str, parent: Span | None) -> Iterator[Span]:
-        context = trace.set_span_in_context(parent) if parent is not None else Context()
-        with self.tracer.start_as_current_span(
-            f"{subject} publish",
-            context=context,
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.destination.name": subject,
-                "messaging.message.id": msg_id,
-            },
-        ) as span:
-            yield span
+    def producing(
+        self,
+        subject: str,
+        headers: MutableMapping[str, str],
+        parent: Span | None,
+        size: int | None = None,
+    ) -> Iterator[Span]:
+        """The span of publishing one message, child of `parent` (None: a new trace); it is
+        written into `headers`."""
+        context = otel_context.Context()  # no parent: a new trace, whatever span is current
+        if parent is not None:
+            context = trace.set_span_in_context(parent)
+        token = otel_context.attach(context)
+        try:
+            with telemetry.producer_span(subject, headers, size=size, tracer=self.tracer) as span:
+                yield span
+        finally:
+            otel_context.detach(token)

@@ -37,7 +37,7 @@ from opentelemetry.trace import Span
 
 from eventbus.aio import wait_event
 from eventbus.demo.topology import ConsumerSpec, Names
-from eventbus.demo.tracing import Tracing, inject
+from eventbus.demo.tracing import Tracing
 
 log = logging.getLogger("flowscope.demo")
 KEY_UNSAFE = re.compile(r"[^-/_=.a-zA-Z0-9]")
@@ -109,8 +109,7 @@ class Publisher:
         subject = self.names.subject(effect.subject)
         data = effect.data if isinstance(effect.data, bytes) else json.dumps(effect.data).encode()
         headers = {"Nats-Msg-Id": effect.msg_id, self.header: self.service}
-        with self.tracing.producing(subject, effect.msg_id, parent) as span:
-            inject(headers, span)
+        with self.tracing.producing(subject, headers, parent, len(data)):
             await self.js.publish(subject, data, headers=headers)
 
 

@@ -6,6 +6,7 @@ import signal
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from eventbus import telemetry
 from eventbus.demo.run import DemoConfig, run
 
 
@@ -43,4 +44,5 @@ class Command(BaseCommand):
                 loop.add_signal_handler(sig, stop.set)
             await run(config, stop)
 
+        telemetry.setup("flowscope-demo")  # the services' spans, exported if asked
         asyncio.run(main())

@@ -5,6 +5,7 @@ import asyncio
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from eventbus import telemetry
 from eventbus.tap import TapConfig, TapFailed, run
 
 
@@ -13,6 +14,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         config = TapConfig.from_settings(settings)
+        telemetry.setup("flowscope-tap")  # a span per committed batch, exported if asked
         try:
             asyncio.run(run(config))
         except TapFailed as exc:  # exit non-zero: the process supervisor restarts the tap
