@@ -200,6 +200,17 @@ FLOWSCOPE_ADVISORY_STREAM = os.environ.get("FLOWSCOPE_ADVISORY_STREAM", "FLOWSCO
 FLOWSCOPE_DLQ_STREAMS = [
     s.strip() for s in os.environ.get("FLOWSCOPE_DLQ_STREAMS", "").split(",") if s.strip()
 ]
+# Event journeys (dashboard/traces.py): a link from every trace id to the team's tracing UI,
+# e.g. https://jaeger.example/trace/{trace_id}; empty: no link.
+FLOWSCOPE_TRACE_URL = os.environ.get("FLOWSCOPE_TRACE_URL", "").strip()
+if FLOWSCOPE_TRACE_URL and (
+    "{trace_id}" not in FLOWSCOPE_TRACE_URL
+    or not FLOWSCOPE_TRACE_URL.lower().startswith(("http://", "https://"))
+):
+    raise ImproperlyConfigured(
+        "FLOWSCOPE_TRACE_URL must be an http(s) URL with a {trace_id} placeholder, "
+        "e.g. https://jaeger.example/trace/{trace_id}"
+    )
 FLOWSCOPE_DEMO_RATE = float(os.environ.get("FLOWSCOPE_DEMO_RATE", "2"))  # orders per second
 FLOWSCOPE_DEMO_FAILURE_RATE = float(os.environ.get("FLOWSCOPE_DEMO_FAILURE_RATE", "0.1"))
 
