@@ -80,7 +80,9 @@
       wheelSensitivity: 0.3,
       boxSelectionEnabled: false,
     });
-    cy.layout({ name: "dagre", rankDir: "LR", rankSep: 90, nodeSep: 24, fit: true, padding: 20, animate: false }).run();
+    // left to right where there is room; top to bottom on a narrow screen, readable there
+    var narrow = container.clientWidth < 600;
+    cy.layout({ name: "dagre", rankDir: narrow ? "TB" : "LR", rankSep: narrow ? 60 : 90, nodeSep: 24, fit: true, padding: 20, animate: false }).run();
     if (cy.zoom() > 1.2) { cy.zoom(1.2); cy.center(); }
     cy.on("tap", "node", function (evt) {
       var name = evt.target.id().slice(4);
