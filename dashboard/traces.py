@@ -259,28 +259,20 @@ def build_steps(
     services = {e.service for e in every if e.service}
     owners = consumer_owners({e.stream for e in every}, services)
     by_position = {(s.event.stream.name, s.event.seq): s for s in steps if s.event.seq is not None}
-    for i, step in enumerate(steps):
+    consumed: dict[str, Step] = {}  # service -> the latest step so far that it consumed
+    for step in steps:
         if step.replay is not None:
             step.replayed_by = header(step.event.headers, REPLAYED_BY) or ""
             original = by_position.get((step.replay.stream, step.replay.seq))
             if original is not None and original is not step:
                 step.parent, step.parent_how = original, "replay"
-                continue
-        if step.event.service:
-            step.parent = _consumed(step.event.service, steps[:i], owners)
-            step.parent_how = "consumed" if step.parent else ""
-    return steps[len(before) :]
-
-
-def _consumed(service: str, earlier: Sequence[Step], owners: Owners) -> Step | None:
-    for candidate in reversed(earlier):
-        e = candidate.event
+        if step.parent is None and step.event.service in consumed:
+            step.parent, step.parent_how = consumed[step.event.service], "consumed"
+        e = step.event
         for owner, filters in owners.get(e.stream_id, ()):
-            if owner != service:
-                continue
             if not filters or any(subject_matches(f, e.subject) for f in filters):
-                return candidate
-    return None
+                consumed[owner] = step
+    return steps[len(before) :]
 
 
 def summarize(

@@ -5,13 +5,16 @@ crossed as a small graph. What they show is built in dashboard/traces.py."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
+from dashboard.models import Event
 from dashboard.pages.topology import script_json
 from dashboard.roles import require
+from dashboard.templatetags.traces import duration_ms
 from dashboard.traces import (
     Journey,
     TraceIdError,
@@ -54,6 +57,12 @@ def trace_detail(request: HttpRequest, trace_id: str) -> HttpResponse:
     return render(request, TEMPLATE, journey_context(journey))
 
 
+def event_href(e: Event) -> str:
+    """The event page's address (as `{% url 'event' %}` / `'event-by-id'` give it)."""
+    stream = quote(e.stream.name, safe="")
+    return f"/events/{stream}/{e.seq}/" if e.seq else f"/events/{stream}/id/{e.id}/"
+
+
 def journey_context(journey: Journey) -> dict[str, Any]:
     span = journey.duration_ms
 
@@ -62,9 +71,17 @@ def journey_context(journey: Journey) -> dict[str, Any]:
         return f"{(offset_ms / span * 100) if span > 0 else 0:.3f}"
 
     rows = [
-        {"step": s, "at": at(s.offset_ms), "from": at(s.parent.offset_ms) if s.parent else ""}
+        {
+            "step": s,
+            "at": at(s.offset_ms),
+            "from": at(s.parent.offset_ms) if s.parent else "",
+            "href": event_href(s.event),
+            "offset": duration_ms(s.offset_ms),
+            "offset_attr": f"{s.offset_ms:.3f}",
+            "waited": duration_ms(s.waited_ms) if s.parent else "",
+        }
         for s in journey.steps
-    ]
+    ]  # formatted here: a template tag per cell costs ~1 ms a row at 1,000 rows
     ticks = [{"at": f"{p:.0f}", "ms": span * p / 100} for p in TICKS]
     return {
         "j": journey,
