@@ -175,6 +175,16 @@ def test_a_traced_flow_across_services_is_one_journey_in_order(
     graph = doc.by_id("trace-graph-data").text()
     assert "<" not in graph and "\\u003Cimg" in graph
 
+    # the event page links its trace here, and to the tracing UI when one is configured
+    event = parse(logged_in.get(f"/events/{flow.orders}/1/").content.decode())
+    assert event.by_id("trace-link").attrs["href"] == f"/traces/{TRACE}/"
+    with override_settings(FLOWSCOPE_TRACE_URL="https://jaeger.example/trace/{trace_id}"):
+        for url in (f"/events/{flow.orders}/1/", f"/traces/{TRACE}/"):
+            anchors = parse(logged_in.get(url).content.decode()).find_all("a")
+            links = [a.attrs["href"] for a in anchors if a.attrs.get("class") == "tracing-link"]
+            assert links == [f"https://jaeger.example/trace/{TRACE}"], url
+        assert logged_in.get(f"/api/traces/{TRACE}").json()["tracing_url"] == links[0]
+
     # a trace with more events than a page shows says so
     monkeypatch.setattr(traces, "MAX_EVENTS", 4)
     doc = parse(logged_in.get(f"/traces/{TRACE}/").content.decode())
@@ -346,3 +356,91 @@ def test_trace_ids_replays_and_durations_are_read_strictly() -> None:
     shown = [duration_ms(v) for v in (0, 0.42, 12.34, 845, 1250, 125_000, None)]
     assert shown == ["0.00 ms", "0.42 ms", "12.3 ms", "845 ms", "1.25 s", "2 min 05 s",
                      "\N{EN DASH}"]  # fmt: skip
+
+
+async def _demo_order(nats_url: str, database_url: str, namespace: str) -> str:
+    """One order through the demo's saga (five services, five streams), recorded by a real tap;
+    returns the order id once it shipped and the customer was mailed."""
+    from eventbus.demo.run import Demo, DemoConfig
+    from eventbus.demo.topology import CONSUMERS, Settings
+
+    topology = Settings(max_deliver=3, ack_wait=5.0)
+    demo = Demo(DemoConfig(nats_url, rate=0, failure_rate=0, namespace=namespace, seed=7,
+                           retry_delay=0.4, topology=topology))  # fmt: skip
+    await demo.start()
+    streams = [demo.names.stream(s) for s in ("ORDERS", "INVENTORY", "PAYMENTS", "SHIPPING",
+                                             "NOTIFICATIONS")]  # fmt: skip
+    try:
+        async with tap_running(nats_url, database_url) as tap:
+            await eventually(lambda: _watching(tap, tuple(streams)), 30, "the tap watching")
+            oid = await demo.place_order()
+
+            async def done() -> bool:
+                rows = await query(
+                    database_url,
+                    "SELECT count(*) FILTER (WHERE subject = %s), count(*) FILTER (WHERE "
+                    "subject = %s), (SELECT count(*) FROM flowscope_consumer c JOIN "
+                    "flowscope_stream s ON s.id = c.stream_id WHERE s.name = ANY(%s)) "
+                    "FROM flowscope_event WHERE position(%s in payload) > 0",
+                    f"{namespace}.orders.shipped", f"{namespace}.notifications.email",
+                    streams, oid.encode(),
+                )  # fmt: skip
+                shipped, mailed, consumers = rows[0]
+                return bool(shipped == 1 and mailed >= 2 and consumers == len(CONSUMERS))
+
+            await eventually(done, 60, "the order shipped, mailed twice, consumers sampled")
+            await asyncio.sleep(0.5)  # anything still in flight is written
+    finally:
+        await demo.stop()
+    return oid
+
+
+def test_a_demo_order_is_one_journey_across_five_services(
+    logged_in: Client, database_url: str, nats_server: Any, unique: str
+) -> None:
+    ns = f"j{unique}"
+    oid = asyncio.run(_demo_order(nats_server.url, database_url, ns))
+    with connection.cursor() as cur:
+        cur.execute("SELECT DISTINCT trace_id, count(*) OVER () FROM flowscope_event "
+                    "WHERE position(%s in payload) > 0", [oid.encode()])  # fmt: skip
+        found = cur.fetchall()
+        assert len(found) == 1 and found[0][0], found  # one trace carries the whole order
+        trace, events_of_order = found[0]
+    body = logged_in.get(f"/api/traces/{trace}", {"limit": 500}).json()
+    items = body["items"]
+    assert len(items) == body["total"] == events_of_order >= 7
+    assert [i["ts"] for i in items] == sorted(i["ts"] for i in items)
+    local = {i["id"]: i["subject"][len(ns) + 1 :] for i in items}
+    assert {s["name"] for s in body["services"]} == {
+        "orders", "inventory", "payments", "shipping", "notifications"}  # fmt: skip
+    # each step follows the event its service consumed
+    follows = {
+        "inventory.reserved": {"orders.created"},
+        "payments.authorized": {"inventory.reserved"},
+        "orders.confirmed": {"payments.authorized"},
+        "shipping.requests": {"payments.authorized"},
+        "orders.shipped": {"shipping.requests"},
+        "notifications.email": {"orders.confirmed", "orders.shipped"},
+    }
+    by_position = {(i["stream"], i["seq"]): i for i in items}
+    for item in items:
+        subject = local[item["id"]]
+        if subject == "orders.created":
+            assert item["parent"] is None
+            continue
+        parent = item["parent"]
+        assert parent and parent["how"] == "consumed", item
+        parent_subject = parent_subject_of(parent, by_position, items, ns)
+        assert parent_subject in follows[subject], (subject, parent_subject)
+    doc = parse(logged_in.get(f"/traces/{trace}/").content.decode())
+    assert [r.attrs["data-service"] for r in _rows(doc)] == [i["service"] for i in items]
+
+
+def parent_subject_of(parent: dict[str, Any], by_position: dict[Any, Any],
+                      items: list[dict[str, Any]], ns: str) -> str:  # fmt: skip
+    """The parent's subject: by stream and sequence, or by span for an event recorded without a
+    sequence (work-queue streams read by subject subscription)."""
+    match = by_position.get((parent["stream"], parent["seq"])) if parent["seq"] else None
+    if match is None:
+        match = next(i for i in items if i["span_id"] == parent["span_id"])
+    return str(match["subject"][len(ns) + 1 :])
