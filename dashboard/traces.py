@@ -193,27 +193,36 @@ def count_events(trace_id: str, cap: int = MAX_COUNTED) -> int:
 
 
 def dead_letters_of(trace_id: str, events: Sequence[Event]) -> list[DeadLetter]:
-    """The trace's dead letters: those whose traceparent names it (indexed), and those of its
-    events' (stream, sequence) whose headers do not say otherwise (a `Traceparent` spelt
-    differently, or a payload gone with its headers), oldest death first."""
+    """The trace's dead letters, oldest death first: those whose traceparent names it (the
+    index of migration 0015), and those of its events' (stream, sequence) whose headers do not
+    name another trace (a `Traceparent` spelt otherwise, or headers gone with the payload) and
+    whose stream incarnation is the event's. Two queries, each served by an index."""
     # a constant expression, no parameters: nothing from the request reaches the SQL text
     indexed = RawSQL(DEAD_LETTER_TRACE, [])  # noqa: S611
-    by_header = Q(pk__in=DeadLetter.objects.alias(tid=indexed).filter(tid=trace_id).values("pk"))
+    limit = MAX_DEAD_LETTERS
+    by_header = DeadLetter.objects.alias(tid=indexed).filter(tid=trace_id)
+    found: dict[int, DeadLetter] = {
+        d.id: d for d in DeadLetter.objects.filter(pk__in=by_header.values("pk"))
+        .order_by("died_at", "id")[:limit]
+    }  # fmt: skip
     seqs: dict[str, list[int]] = {}
+    incarnations: dict[tuple[str, int], int] = {}
     for e in events:
         if e.seq is not None:
             seqs.setdefault(e.stream.name, []).append(e.seq)
-    wanted = by_header
+            incarnations[(e.stream.name, e.seq)] = e.stream_id
+    wanted = Q()
     for name, numbers in seqs.items():
         wanted |= Q(stream_name=name, seq__in=numbers)
         wanted |= Q(origin_stream=name, origin_seq__in=numbers)
-    rows = DeadLetter.objects.filter(wanted)
-    found = []
-    for d in rows.order_by("died_at", "id")[: MAX_DEAD_LETTERS * 2]:
-        named = _dead_letter_trace(d)
-        if named is None or named == trace_id:
-            found.append(d)
-    return found[:MAX_DEAD_LETTERS]
+    if seqs:
+        for d in DeadLetter.objects.filter(wanted).order_by("died_at", "id")[:limit]:
+            named = _dead_letter_trace(d)
+            same = d.stream_id is None or incarnations.get((d.stream_name, d.seq)) in (
+                None, d.stream_id)  # fmt: skip
+            if (named is None and same) or named == trace_id:
+                found.setdefault(d.id, d)
+    return sorted(found.values(), key=lambda d: (d.died_at, d.id))[:limit]
 
 
 def _dead_letter_trace(d: DeadLetter) -> str | None:

@@ -193,6 +193,20 @@ def test_a_traced_flow_across_services_is_one_journey_in_order(
 
 
 def test_the_api_answers_the_journey_oldest_first_in_pages(logged_in: Client, flow: Flow) -> None:
+    from dashboard.models import Stream
+
+    # dead letters without headers (the payload gone): of the trace when of its event's stream
+    # incarnation, not when of an earlier incarnation with the same name and sequence
+    live = Stream.objects.get(name=flow.orders, deleted_at=None)
+    y2020 = datetime(2020, 1, 1, tzinfo=UTC)
+    earlier = Stream.objects.create(name=flow.orders, created=y2020, retention="limits",
+                                    deleted_at=y2020)  # fmt: skip
+    _dead_letter(stream_name=flow.orders, seq=2, consumer="a", headers=None, stream=earlier)
+    gone = _dead_letter(stream_name=flow.orders, seq=2, consumer="b", headers=None, stream=live)
+    body = logged_in.get(f"/api/traces/{TRACE}").json()
+    assert [d["id"] for d in body["dead_letters"]] == [gone.id, flow.dead_letter_id]
+    assert body["items"][3]["dead_letters"] == [gone.id]
+    gone.delete()
     body = logged_in.get(f"/api/traces/{TRACE}").json()
     items = body["items"]
     assert [(i["stream"], i["seq"], i["service"]) for i in items] == [
