@@ -333,8 +333,9 @@ def graph_elements(journey: Journey) -> dict[str, list[dict[str, Any]]]:
     """The services graph as Cytoscape elements (for #trace-graph-data)."""
     nodes = [
         {"data": {"id": f"svc:{svc.name}", "label": f"{svc.name} · {svc.events}",
-                  "kind": "service", "health": "bad" if svc.dead_letters else "ok"}}
-        for svc in journey.services
+                  "kind": "service", "health": "bad" if svc.dead_letters else "ok",
+                  "order": i}}
+        for i, svc in enumerate(journey.services)
     ]  # fmt: skip
     edges = [
         {"data": {"id": f"edge:{e.source}>{e.target}:{e.how}", "source": f"svc:{e.source}",

@@ -52,8 +52,11 @@
           "target-arrow-color": "#94a3b8",
           "target-arrow-shape": "triangle",
           "curve-style": "bezier",
+          "control-point-step-size": 48,
           label: "data(label)",
-          "font-size": 10,
+          "text-rotation": "autorotate",
+          "text-margin-y": -9,
+          "font-size": 9,
           "font-family": "ui-monospace, SFMono-Regular, Menlo, monospace",
           color: "#334155",
           "text-background-color": "#ffffff",
@@ -61,8 +64,30 @@
           "text-background-padding": 2,
         },
       },
+      // an edge back to a service seen earlier (orders reacts to a payment) bends around
+      { selector: "edge.back", style: { "curve-style": "unbundled-bezier", "control-point-distances": [-120], "text-margin-y": 10, "control-point-weights": [0.5] } },
       { selector: "edge[how = 'replay']", style: { "line-style": "dashed", "line-color": "#7c3aed", "target-arrow-color": "#7c3aed" } },
     ];
+  }
+
+  /* The edges that close a cycle: a depth-first walk from each service in the order the trace
+     reached it; an edge to a service still on the walk's path goes back. */
+  function backEdges(cy) {
+    var state = {};  // id -> 1 on the path, 2 done
+    var back = cy.collection();
+    function walk(node) {
+      state[node.id()] = 1;
+      node.outgoers("edge").forEach(function (edge) {
+        var next = edge.target();
+        if (state[next.id()] === 1) back = back.union(edge);
+        else if (!state[next.id()]) walk(next);
+      });
+      state[node.id()] = 2;
+    }
+    cy.nodes().sort(function (a, b) { return a.data("order") - b.data("order"); }).forEach(function (n) {
+      if (!state[n.id()]) walk(n);
+    });
+    return back;
   }
 
   function drawGraph() {
@@ -80,9 +105,14 @@
       wheelSensitivity: 0.3,
       boxSelectionEnabled: false,
     });
-    // left to right where there is room; top to bottom on a narrow screen, readable there
+    // Left to right in the order the trace reached each service (top to bottom on a narrow
+    // screen): dagre lays out the forward edges; the edges back to an earlier service (a
+    // journey's cycles) are drawn after, bent, without pulling the order around.
     var narrow = container.clientWidth < 600;
-    cy.layout({ name: "dagre", rankDir: narrow ? "TB" : "LR", rankSep: narrow ? 60 : 90, nodeSep: 24, fit: true, padding: 20, animate: false }).run();
+    var back = backEdges(cy);
+    back.addClass("back");
+    cy.elements().difference(back).layout({ name: "dagre", rankDir: narrow ? "TB" : "LR", rankSep: narrow ? 70 : 150, nodeSep: 36, edgeSep: 24, fit: false, animate: false }).run();
+    cy.fit(cy.elements(), 28);
     if (cy.zoom() > 1.2) { cy.zoom(1.2); cy.center(); }
     cy.on("tap", "node", function (evt) {
       var name = evt.target.id().slice(4);
