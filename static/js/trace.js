@@ -111,7 +111,7 @@
     var narrow = container.clientWidth < 600;
     var back = backEdges(cy);
     back.addClass("back");
-    cy.elements().difference(back).layout({ name: "dagre", rankDir: narrow ? "TB" : "LR", rankSep: narrow ? 70 : 150, nodeSep: 36, edgeSep: 24, fit: false, animate: false }).run();
+    cy.elements().difference(back).layout({ name: "dagre", rankDir: narrow ? "TB" : "LR", rankSep: narrow ? 70 : 100, nodeSep: 36, edgeSep: 24, fit: false, animate: false }).run();
     cy.fit(cy.elements(), 28);
     if (cy.zoom() > 1.2) { cy.zoom(1.2); cy.center(); }
     cy.on("tap", "node", function (evt) {
