@@ -210,6 +210,17 @@ FLOWSCOPE_TAP_METRICS_PORT = envint("FLOWSCOPE_TAP_METRICS_PORT", 9470)
 FLOWSCOPE_DEMO_METRICS_PORT = envint("FLOWSCOPE_DEMO_METRICS_PORT", 9471)
 # The web app's /readyz wants a tap heartbeat at most this many seconds old (0: no tap check).
 FLOWSCOPE_READY_TAP_SECONDS = float(os.environ.get("FLOWSCOPE_READY_TAP_SECONDS", "10"))
+# Event journeys (dashboard/traces.py): a link from every trace id to the team's tracing UI,
+# e.g. https://jaeger.example/trace/{trace_id}; empty: no link.
+FLOWSCOPE_TRACE_URL = os.environ.get("FLOWSCOPE_TRACE_URL", "").strip()
+if FLOWSCOPE_TRACE_URL and (
+    "{trace_id}" not in FLOWSCOPE_TRACE_URL
+    or not FLOWSCOPE_TRACE_URL.lower().startswith(("http://", "https://"))
+):
+    raise ImproperlyConfigured(
+        "FLOWSCOPE_TRACE_URL must be an http(s) URL with a {trace_id} placeholder, "
+        "e.g. https://jaeger.example/trace/{trace_id}"
+    )
 FLOWSCOPE_DEMO_RATE = float(os.environ.get("FLOWSCOPE_DEMO_RATE", "2"))  # orders per second
 FLOWSCOPE_DEMO_FAILURE_RATE = float(os.environ.get("FLOWSCOPE_DEMO_FAILURE_RATE", "0.1"))
 

@@ -14,6 +14,7 @@ from dashboard.pages import (
     streams,
     tokens,
     topology,
+    traces,
 )
 
 urlpatterns = [
@@ -76,6 +77,8 @@ urlpatterns = [
     path("events/<str:stream>/<int:seq>/", event.event_by_seq, name="event"),
     path("events/<str:stream>/id/<int:event_id>/", event.event_by_id, name="event-by-id"),
     path("events/<str:stream>/<int:seq>/payload/", event.full_payload, name="event-payload"),
+    path("traces/", traces.trace_search, name="traces"),
+    path("traces/<str:trace_id>/", traces.trace_detail, name="trace"),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", views.Logout.as_view(), name="logout"),
     path("password/", security.PasswordChange.as_view(), name="password-change"),

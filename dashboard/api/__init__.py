@@ -20,6 +20,7 @@ from dashboard.api.deadletters import router as deadletters_router
 from dashboard.api.docs import VendoredSwagger
 from dashboard.api.events import router as events_router
 from dashboard.api.streams import router as streams_router
+from dashboard.api.traces import router as traces_router
 
 
 class FlowscopeAPI(NinjaAPI):
@@ -43,3 +44,4 @@ api.add_router("/events", events_router)
 api.add_router("/audit", audit_router)
 api.add_router("/dead-letters", deadletters_router)
 api.add_router("/replays", _replays.router)
+api.add_router("/traces", traces_router)

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("dashboard", "0014_replay"),
+        ("dashboard", "0015_deadletter_trace"),
     ]
 
     operations = [
