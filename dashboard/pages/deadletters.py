@@ -63,7 +63,8 @@ def dead_letter_list(request: HttpRequest) -> HttpResponse:
     ctx = {"page": page, "counts": counts, "error": error, "form": request.GET,
            "reasons": DeadLetter.Reason.choices, "statuses": DeadLetter.Status.choices,
            "filter_qs": params.urlencode(), "first_page": not request.GET.get("cursor"),
-           "topic": "deadletters:" + quote(query, safe="")}  # fmt: skip
+           "topic": "deadletters:" + quote(query, safe=""),
+           "filter_items": [(k, request.GET[k]) for k in FIELDS if request.GET.get(k)]}  # fmt: skip
     return render(request, TEMPLATE, ctx, status=400 if error else 200)
 
 

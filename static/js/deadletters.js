@@ -33,6 +33,17 @@
     boxes.forEach(function (b) { if (b.checked) ticked += 1; });
     all.checked = boxes.length > 0 && ticked === boxes.length;
     all.indeterminate = ticked > 0 && ticked < boxes.length;
+    selection(ticked);
+  }
+
+  // The bulk actions (#dead-letter-actions): "… selected" only with something ticked.
+  function selection(ticked) {
+    ["replay-selected", "discard-selected"].forEach(function (id) {
+      var button = el(id);
+      if (button) button.disabled = ticked === 0;
+    });
+    var count = el("selected-count");
+    if (count) count.textContent = ticked ? ticked + " selected." : count.dataset.none;
   }
 
   function statuses(incoming) {
@@ -155,5 +166,9 @@
     if (target.classList.contains("pick") || target.classList.contains("pick-all")) syncAll(table);
   });
   document.addEventListener("htmx:wsAfterMessage", absorb);
+  document.addEventListener("DOMContentLoaded", function () {
+    var table = el("dead-letters");
+    if (table) syncAll(table);
+  });
   window.flowscopeDeadLetters = { absorb: absorb };
 })();
