@@ -19,6 +19,7 @@ number, so its `Nats-Msg-Id`, is new)."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ from dashboard.deadletters import filtered
 from dashboard.models import AuditEntry, DeadLetter, ReplayItem, ReplayJob
 from dashboard.search.filters import FilterError
 from eventbus import admin, replay, subjects
+from eventbus.deadletters import deadletters_changed_digest, digest_subject
 
 log = logging.getLogger("flowscope.replays")
 
@@ -327,10 +329,31 @@ def discard(request: HttpRequest | None, rows: QuerySet[DeadLetter], reason: str
     _, username = _user_fields(request)
     note = f"discarded by {username or 'flowscope'}: {reason}"
     with transaction.atomic():
-        n = DeadLetter.objects.filter(id__in=ids).update(
-            status=DeadLetter.Status.DISCARDED, status_note=note
+        chosen = DeadLetter.objects.filter(id__in=ids)
+        changed: Counter[tuple[str, str, str]] = Counter(
+            (s, c, DeadLetter.Status.DISCARDED.value)
+            for s, c in chosen.exclude(status=DeadLetter.Status.DISCARDED).values_list(
+                "stream_name", "consumer"
+            )
         )
+        n = chosen.update(status=DeadLetter.Status.DISCARDED, status_note=note)
         record(request, "deadletter.discard", f"{n} dead letter{'s' if n != 1 else ''}",
                detail={"count": n, "reason": reason, "ids": ids[:1000]},
                result=AuditEntry.Result.OK)  # fmt: skip
+    if changed:
+        announce(deadletters_changed_digest(changed))
     return n
+
+
+def announce(digest: bytes) -> None:
+    """A dead-letter digest for the live pages of every web process (after the commit)."""
+    prefix = str(settings.FLOWSCOPE_SUBJECT_PREFIX)
+
+    async def send(a: admin.Admin) -> None:
+        await a.nc.publish(digest_subject(prefix), digest)
+        await a.nc.flush(timeout=TIMEOUT)
+
+    try:
+        async_to_sync(_with_nats)(send)
+    except (admin.AdminError, nats.errors.Error, TimeoutError) as exc:
+        log.warning("dead letters: change not announced (%s); pages catch up within 5 s", exc)

@@ -37,6 +37,7 @@ import os
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,8 +53,11 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from psycopg.types.json import Jsonb
 
+from eventbus import metrics
 from eventbus.aio import wait_event
+from eventbus.deadletters import deadletters_changed_digest, digest_subject
 from eventbus.records import header, parse_traceparent
+from eventbus.telemetry import messaging_attributes
 
 log = logging.getLogger("flowscope.replay")
 
@@ -118,15 +122,10 @@ def child_traceparent(parent: str | None, subject: str, message_id: str) -> tupl
         return f"00-{parsed[0]}-{secrets.token_hex(8)}-{flags}", None
     ctx = _propagator.extract({"traceparent": parent.strip().lower()})
     span = _tracer.start_span(
-        f"{subject} publish",
+        f"publish {subject}",  # as eventbus/telemetry.py's producer spans
         context=ctx,
         kind=SpanKind.PRODUCER,
-        attributes={
-            "messaging.system": "nats",
-            "messaging.operation.type": "publish",
-            "messaging.destination.name": subject,
-            "messaging.message.id": message_id,
-        },
+        attributes=messaging_attributes(subject, "publish", message_id),
     )
     carrier: dict[str, str] = {}
     _propagator.inject(carrier, context=trace.set_span_in_context(span))
@@ -172,6 +171,7 @@ class Item:
     source: str
     died_at: datetime
     position: int
+    consumer: str
     # the result
     state: str = "pending"
     result_stream: str = ""
@@ -287,6 +287,7 @@ class Runner:
             )
             got = await cur.fetchone()
         assert got is not None
+        metrics.REPLAY_JOBS.labels(state="claimed").inc()
         job = Job(int(got[0]), str(got[1]), str(got[2]), got[3], int(got[4]), int(got[5]),
                   int(got[6]), bool(got[7]))  # fmt: skip
         log.info("replay job %d: claimed by %s (%d of %d done)", job.id, self.worker,
@@ -361,7 +362,7 @@ class Runner:
         cur = await self.db.execute(
             """
             SELECT i.id, d.id, i.msg_id, i.subject, d.stream_name, d.seq, d.headers, d.payload,
-                   d.truncated, d.payload_source, d.died_at, i.position
+                   d.truncated, d.payload_source, d.died_at, i.position, d.consumer
             FROM flowscope_replayitem i JOIN flowscope_deadletter d ON d.id = i.dead_letter_id
             WHERE i.job_id = %s AND i.state = 'pending' AND i.position > %s
             ORDER BY i.position LIMIT %s
@@ -372,7 +373,7 @@ class Runner:
         await self.db.commit()
         return [
             Item(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5]), r[6],
-                 bytes(r[7]), bool(r[8]), str(r[9]), r[10], int(r[11]))
+                 bytes(r[7]), bool(r[8]), str(r[9]), r[10], int(r[11]), str(r[12]))
             for r in rows
         ]  # fmt: skip
 
@@ -537,6 +538,11 @@ class Runner:
                     "WHERE id = ANY(%b::bigint[])",
                     ([it.dead_letter for it in published],),
                 )
+        for it in items:
+            result = "failed" if it.state != "published" else "published"
+            if it.duplicate:
+                result = "duplicate"  # the stream had it already: no second copy
+            metrics.REPLAYS_PUBLISHED.labels(result=result).inc()
         await self._announce(job, items)
 
     async def _finish(self, job: Job, state: str = "done") -> None:
@@ -565,6 +571,7 @@ class Runner:
                 (user_id, username, f"replay.{state}", f"replay job {job.id}", Jsonb(detail),
                  result, error),
             )  # fmt: skip
+        metrics.REPLAY_JOBS.labels(state=state).inc()
         log.info("replay job %d %s: %d published, %d failed of %d", job.id, state, published,
                  failed, total)  # fmt: skip
         await self._announce(job, [])
@@ -613,8 +620,14 @@ class Runner:
             "dead_letters": [it.dead_letter for it in items if it.state == "published"][:1000],
             "streams": sorted({it.stream for it in items}),
         }  # fmt: skip
+        changed: Counter[tuple[str, str, str]] = Counter(
+            (it.stream, it.consumer, "replayed") for it in items if it.state == "published"
+        )
         with contextlib.suppress(nats.errors.Error):
             await self.nc.publish(f"{self.prefix}.digest.replays", json.dumps(body).encode())
+            if changed:  # dead-letter lists, counts, stream and consumer pages
+                digest = deadletters_changed_digest(changed)
+                await self.nc.publish(digest_subject(self.prefix), digest)
 
 
 class _LostLease(Exception):

@@ -78,6 +78,13 @@ def test_bad_options_name_their_field(kwargs: dict[str, Any], field: str) -> Non
 
 
 # -- helpers -----------------------------------------------------------------------------
+def _sample(name: str, **labels: str) -> float:
+    """A figure of this process' tap registry (/metrics of a tap: eventbus/metrics.py)."""
+    from eventbus.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 @pytest.fixture(autouse=True)
 def _nats_for_the_web(request: pytest.FixtureRequest) -> None:
     """The web's replay connects to settings.NATS_URL: this test's own server."""
@@ -227,7 +234,9 @@ def test_replay_of_captured_dead_letters(nats_server, database_url, unique, tmp_
         d = DeadLetter.objects.get(stream_name=stream, seq=poison)
         request = _operator()
         before = _run(_last_seq(url, stream))
+        counted = _sample("flowscope_replays_published_total", result="published")
         job = replays.replay_one(request, d, replays.options())
+        assert _sample("flowscope_replays_published_total", result="published") == counted + 1
         assert (job.state, job.total, job.published, job.failed) == ("done", 1, 1, 0)
         item = job.items.get()
         assert (item.state, item.result_stream, item.msg_id) == (
@@ -302,6 +311,8 @@ def test_a_double_click_publishes_one_copy(nats_server, database_url, unique):
     # either the second request saw the first's result, or the server dropped its duplicate
     assert all(i.state == "published" and i.result_seq == seq + 1 for i in items)
     assert len(items) == 1 or [i.duplicate for i in items].count(True) == 1
+    if len(items) == 2:  # the server's "duplicate" is counted as such
+        assert _sample("flowscope_replays_published_total", result="duplicate") >= 1
 
 
 def _letter(stream: str, seq: int, subject: str, payload: bytes, **kw: Any) -> DeadLetter:
