@@ -161,6 +161,13 @@ async def _give_up(url: str, stream: str, rounds: int = 10) -> None:
     await nc.close()
 
 
+def _journey_with_replay(trace_id: str) -> Any:
+    from dashboard.traces import load_journey
+
+    journey = load_journey(trace_id)
+    return journey if journey is not None and any(st.replay for st in journey.steps) else None
+
+
 async def _probe(url: str, database_url: str, stream: str, subject: str) -> bool:
     """Publish a probe; True once the tap has recorded one (it observes the stream)."""
     seq = await _publish(url, subject, b"probe", {})
@@ -253,6 +260,14 @@ def test_replay_of_captured_dead_letters(nats_server, database_url, unique, tmp_
         assert "Nats-Expected-Last-Subject-Sequence" not in copy.headers  # it would be refused
         child = parse_traceparent(copy.headers["traceparent"])
         assert child is not None and child[0] == TRACE and child[1] != PARENT.split("-")[2]
+
+        # the copy joins the original's journey (issue #16): recorded by the tap, same trace
+        journey = _wait(lambda: _journey_with_replay(TRACE), what="the copy in the journey")
+        replayed = next(st for st in journey.steps if st.replay)
+        assert (replayed.replay.stream, replayed.replay.seq) == (stream, poison)
+        assert replayed.parent is not None and replayed.parent.event.seq == poison
+        assert replayed.parent_how == "replay" and replayed.replayed_by == "olga"
+        assert [dl.pk for dl in journey.dead_letters] == [d.pk]
 
         # asked again (a retried request): the same job, no second copy
         again = replays.replay_one(request, d, replays.options())
