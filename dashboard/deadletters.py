@@ -14,7 +14,7 @@ from django.db.models import Count, QuerySet
 
 from dashboard.keyset import newest_first
 from dashboard.models import DeadLetter
-from dashboard.search.filters import MAX_TEXT, FilterError, parse_time
+from dashboard.search.filters import MAX_TEXT, FilterError, parse_subject, parse_time
 from eventbus import subjects
 from eventbus.records import header, parse_traceparent
 
@@ -57,10 +57,7 @@ def filtered(params: Mapping[str, str]) -> QuerySet[DeadLetter]:
         rows = rows.filter(consumer=consumer)
     subject = (params.get("subject") or "").strip()
     if subject:
-        try:
-            subjects.validate(subject)
-        except subjects.SubjectError as exc:
-            raise FilterError("subject", str(exc)) from None
+        subject = parse_subject(subject)
         if subjects.has_wildcard(subject):
             rows = rows.filter(subject__regex=subjects.to_regex(subject))
         else:

@@ -38,7 +38,7 @@ from psycopg.conninfo import make_conninfo
 from dashboard.audit import record
 from dashboard.deadletters import filtered
 from dashboard.models import AuditEntry, DeadLetter, ReplayItem, ReplayJob
-from dashboard.search.filters import FilterError
+from dashboard.search.filters import FilterError, parse_subject
 from eventbus import admin, replay, subjects
 from eventbus.deadletters import deadletters_changed_digest, digest_subject
 
@@ -84,10 +84,7 @@ def options(subject: Any = "", mode: Any = "copy", rate: Any = None, again: Any 
     """Checked options; FilterError names the field that cannot be used."""
     subject = str(subject or "").strip()
     if subject:
-        try:
-            subjects.validate(subject)
-        except subjects.SubjectError as exc:
-            raise FilterError("subject", str(exc)) from None
+        subject = parse_subject(subject)
         if subjects.has_wildcard(subject):
             raise FilterError("subject", "a replay goes to one subject: no * or > wildcards")
     if mode not in ReplayJob.Mode.values:

@@ -118,3 +118,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Browser tests last: Playwright's sync API keeps an event loop running in this thread for
     the session's browser, and asyncio tests cannot start their own loop after it."""
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+def role_client(name: str, role: str) -> object:
+    """A Django test client logged in as a new user in the group `role`."""
+    from django.contrib.auth.models import Group, User
+    from django.test import Client
+
+    user = User.objects.create_user(name, password="a-long-password-1")
+    user.groups.add(Group.objects.get_or_create(name=role)[0])
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def operator(transactional_db: None) -> object:
+    """Olga, an operator (replays and discards), logged in to a Django test client."""
+    return role_client("olga", "operator")
+
+
+@pytest.fixture
+def viewer_client(transactional_db: None) -> object:
+    """Vera, a viewer, logged in to a Django test client."""
+    return role_client("vera", "viewer")

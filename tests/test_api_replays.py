@@ -7,29 +7,10 @@ import json
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from dashboard.models import AuditEntry, DeadLetter, ReplayJob
 from tests.test_replay import _letter, _publish, _run, _setup
-
-
-def _client(name: str, role: str) -> Client:
-    user = User.objects.create_user(name, password="a-long-password-1")
-    user.groups.add(Group.objects.get_or_create(name=role)[0])
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
-def operator(transactional_db: None) -> Client:
-    return _client("olga", "operator")
-
-
-@pytest.fixture
-def viewer(transactional_db: None) -> Client:
-    return _client("vera", "viewer")
 
 
 def post(client: Client, url: str, body: Any, status: int) -> Any:
@@ -38,7 +19,7 @@ def post(client: Client, url: str, body: Any, status: int) -> Any:
     return response.json()
 
 
-def test_a_viewer_and_an_anonymous_caller_may_not_change_anything(viewer, client):
+def test_a_viewer_and_an_anonymous_caller_may_not_change_anything(viewer_client, client):
     d = _letter("S", 1, "s.x", b"x")
     job = ReplayJob.objects.create(created_at=d.died_at, total=0)
     calls = [
@@ -48,13 +29,13 @@ def test_a_viewer_and_an_anonymous_caller_may_not_change_anything(viewer, client
         (f"/api/replays/{job.pk}/cancel", {}),
     ]
     for url, body in calls:
-        assert "operator role" in post(viewer, url, body, 403)["detail"]
+        assert "operator role" in post(viewer_client, url, body, 403)["detail"]
         post(client, url, body, 401)
     d.refresh_from_db()
     assert d.status == "new" and ReplayJob.objects.count() == 1
     # reading is for everyone logged in
-    assert viewer.get(f"/api/replays/{job.pk}").status_code == 200
-    assert viewer.get("/api/replays").json()["items"][0]["id"] == job.pk
+    assert viewer_client.get(f"/api/replays/{job.pk}").status_code == 200
+    assert viewer_client.get("/api/replays").json()["items"][0]["id"] == job.pk
 
 
 def test_replay_one_through_the_api(operator, nats_server, unique, settings):

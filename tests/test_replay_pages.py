@@ -5,46 +5,28 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-from django.contrib.auth.models import Group, User
-from django.test import Client
-
 from dashboard.models import AuditEntry, DeadLetter, ReplayJob
 from tests.htmltree import parse
 from tests.test_replay import _letter, _publish, _run, _setup
-
-
-def _client(name: str, role: str) -> Client:
-    user = User.objects.create_user(name, password="a-long-password-1")
-    user.groups.add(Group.objects.get_or_create(name=role)[0])
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
-def operator(transactional_db: None) -> Client:
-    return _client("olga", "operator")
-
-
-@pytest.fixture
-def viewer(transactional_db: None) -> Client:
-    return _client("vera", "viewer")
 
 
 def ids_of(html: str) -> set[str]:
     return {str(e.attrs["id"]) for e in parse(html).elements() if "id" in e.attrs}
 
 
-def test_a_viewer_sees_no_button_and_may_not_post(viewer):
+def test_a_viewer_sees_no_button_and_may_not_post(viewer_client):
     d = _letter("S", 1, "s.x", b"x")
-    page = viewer.get(f"/dead-letters/{d.pk}/").content.decode()
+    page = viewer_client.get(f"/dead-letters/{d.pk}/").content.decode()
     assert not {"actions", "replay-one", "discard-one"} & ids_of(page)
     posts = [f"/dead-letters/{d.pk}/replay/", f"/dead-letters/{d.pk}/discard/",
              "/dead-letters/replay/", "/dead-letters/discard/"]  # fmt: skip
     for url in posts:
-        assert viewer.post(url, {"scope": "ids", "id": d.pk, "reason": "x"}).status_code == 403
-    assert viewer.get("/dead-letters/replay/", {"scope": "ids", "id": d.pk}).status_code == 403
+        assert (
+            viewer_client.post(url, {"scope": "ids", "id": d.pk, "reason": "x"}).status_code == 403
+        )
+    assert (
+        viewer_client.get("/dead-letters/replay/", {"scope": "ids", "id": d.pk}).status_code == 403
+    )
     d.refresh_from_db()
     assert d.status == "new" and not ReplayJob.objects.exists()
 

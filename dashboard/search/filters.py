@@ -140,6 +140,15 @@ def _text(field: str, text: str, limit: int = MAX_VALUE) -> str:
     return value
 
 
+def parse_subject(value: str, field: str = "subject") -> str:
+    """A subject or wildcard checked by NATS' rules (eventbus/subjects.py); FilterError names
+    `field` with the reason."""
+    try:
+        return subjects.validate(value.strip())
+    except subjects.SubjectError as exc:
+        raise FilterError(field, str(exc)) from None
+
+
 def parse_filter(params: Mapping[str, str]) -> EventFilter:
     """The filter in `params` (a QueryDict or a dict of the API's parameters); FilterError on
     the first field that cannot be used. Unknown parameters are ignored."""
@@ -153,10 +162,7 @@ def parse_filter(params: Mapping[str, str]) -> EventFilter:
         if get(name).strip():
             found[name] = _text(name, get(name))
     if get("subject").strip():
-        try:
-            found["subject"] = subjects.validate(get("subject").strip())
-        except subjects.SubjectError as exc:
-            raise FilterError("subject", str(exc)) from None
+        found["subject"] = parse_subject(get("subject"))
     if get("last").strip():
         try:
             duration(get("last"))
