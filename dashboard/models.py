@@ -453,7 +453,10 @@ class Nak(models.Model):
     number `deliveries` of message `seq` of `stream_name` was refused by `consumer` at `ts` (the
     advisory's time). Shown on the dead letter's page, before its final event. Once per
     (stream, seq, consumer, deliveries), however often the advisory comes; rows older than the
-    tap's retention (FLOWSCOPE_RETENTION) are deleted by its retention loop."""
+    tap's retention (FLOWSCOPE_RETENTION) are deleted by its retention loop. Like DeadLetter's,
+    the key names no incarnation: the same delivery of the same sequence in a stream created
+    again (or a consumer reset) within the retention is not written again; the page shows the
+    naks of the dead letter's life only (dashboard/deadletters.py `naks`)."""
 
     stream_name = models.CharField(max_length=255)
     seq = models.BigIntegerField()

@@ -291,7 +291,7 @@ async def ensure_advisory_stream(js: JetStreamContext, name: str) -> None:
     """The advisories' stream, as Flowscope wants it (created, or its config put back)."""
     config = StreamConfig(
         name=name,
-        description="Flowscope: consumer advisories naming dead letters (read by the tap)",
+        description="Flowscope: consumer advisories naming dead letters and naks (read by the tap)",
         subjects=list(ADVISORY_SUBJECTS),
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,

@@ -18,7 +18,7 @@ from django.contrib.auth.models import Group, User
 from django.test import Client
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from dashboard.models import DeadLetter, Nak
+from dashboard.models import DeadLetter, Nak, Stream
 from eventbus.deadletters import (
     ADVISORY_CONSUMER,
     ADVISORY_MAX_BYTES,
@@ -228,6 +228,51 @@ def test_a_dead_letters_page_and_api_show_its_naks_in_order(
     (empty,) = [e for e in region.find_all("p") if e.attrs.get("id") == "no-naks"]
     assert "ack wait" in empty.text()
     assert viewer.get(f"/api/dead-letters/{silent.id}").json()["naks"] == []
+
+
+def test_only_the_naks_of_this_life_are_shown(viewer: Client) -> None:
+    """Another consumer's, another message's, the same sequence's in an earlier incarnation of
+    the stream and a later life's (after the death) are not this dead letter's; of many, the
+    last NAKS_SHOWN are shown, with the total."""
+    t0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    stream = Stream.objects.create(name="ORDERS", created=t0, retention="limits")
+    died = t0 + timedelta(minutes=10)
+    d = DeadLetter.objects.create(
+        stream=stream, stream_name="ORDERS", seq=7, consumer="billing", deliveries=150,
+        reason=DeadLetter.Reason.MAX_DELIVERIES, payload_source=DeadLetter.PayloadSource.GONE,
+        died_at=died, captured_at=died,
+    )  # fmt: skip
+
+    def nak(n: int, at: datetime, seq: int = 7, consumer: str = "billing") -> None:
+        Nak.objects.create(stream_name="ORDERS", seq=seq, consumer=consumer, deliveries=n, ts=at)
+
+    # (Another delivery number each: the key has no incarnation, as the dead letter's has none,
+    # so a nak of the same delivery in another life is not written; see Nak's docstring.)
+    nak(151, t0 - timedelta(days=1))  # an earlier incarnation's sequence 7
+    nak(152, died + timedelta(minutes=5))  # a later life: the consumer reset, delivered again
+    nak(1, t0 + timedelta(minutes=1), consumer="mailer")
+    nak(1, t0 + timedelta(minutes=1), seq=8)
+    for n in range(1, 151):
+        nak(n, t0 + timedelta(minutes=1, seconds=n))
+    _, rows = _page_naks(viewer, d)
+    assert [r[0] for r in rows] == list(range(51, 151))
+    api = viewer.get(f"/api/dead-letters/{d.id}").json()
+    assert [n["deliveries"] for n in api["naks"]] == list(range(51, 151))
+    assert api["naks_total"] == 150
+    doc = parse(viewer.get(f"/dead-letters/{d.id}/").content.decode())
+    assert "The last 100 of the 150 naks" in doc.by_id("naks-note").text()
+
+
+def test_a_dead_letter_streams_message_says_it_has_no_naks(viewer: Client) -> None:
+    t0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    d = DeadLetter.objects.create(
+        stream_name="DLQ", seq=3, consumer="", reason=DeadLetter.Reason.DLQ_STREAM,
+        payload_source=DeadLetter.PayloadSource.STREAM, died_at=t0, captured_at=t0,
+    )  # fmt: skip
+    Nak.objects.create(stream_name="DLQ", seq=3, consumer="x", deliveries=1, ts=t0)
+    region, rows = _page_naks(viewer, d)
+    assert rows == [] and "dead-letter stream" in region.text()
+    assert viewer.get(f"/api/dead-letters/{d.id}").json()["naks"] == []
 
 
 async def test_odd_nak_advisories_are_acked_counted_and_capture_goes_on(
