@@ -1,6 +1,7 @@
 """Reading dead letters (issue #15): filters (stream, consumer, subject wildcard, reason,
 status, time range), keyset pages (newest death first) and the counts of new ones per stream
-and consumer, shared by /dead-letters/ and `GET /api/dead-letters`. The tap captures them
+and consumer, shared by /dead-letters/ and `GET /api/dead-letters`, and one dead letter's naks
+(the deliveries its consumer refused before the last). The tap captures them
 (eventbus/deadletters.py); nothing here writes."""
 
 from __future__ import annotations
@@ -8,17 +9,23 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import Count, QuerySet
 
 from dashboard.keyset import newest_first
-from dashboard.models import DeadLetter
+from dashboard.models import DeadLetter, Nak
 from dashboard.search.filters import MAX_TEXT, FilterError, parse_subject, parse_time
 from eventbus import subjects
 from eventbus.records import header, parse_traceparent
 
 PAGE = 100
+NAKS_SHOWN = 100  # a dead letter's naks shown (the last ones; a consumer may nak thousands)
+# A nak is the dead letter's if reported by then: the advisories come from one server clock
+# (the consumer's leader), a nak before its max-deliveries advisory; the slack is for a new
+# leader's clock. Later naks are of a later life (the consumer reset, the message delivered again).
+NAK_SLACK = timedelta(seconds=1)
 FIELDS = ("stream", "consumer", "subject", "reason", "status", "since", "until")
 
 
@@ -115,6 +122,46 @@ def per_stream(counts: Mapping[tuple[str, str], int]) -> dict[str, int]:
     return totals
 
 
+@dataclass(frozen=True)
+class NakRow:
+    """One nak of a dead letter: its delivery number, when, and the milliseconds since the nak
+    before it (None for the first shown)."""
+
+    deliveries: int
+    at: datetime
+    gap_ms: float | None
+
+
+@dataclass(frozen=True)
+class Naks:
+    rows: list[NakRow]  # the last NAKS_SHOWN, oldest first
+    total: int
+    final_gap_ms: float | None  # from the last nak to the death
+
+
+def _ms(later: datetime, earlier: datetime) -> float:
+    return (later - earlier).total_seconds() * 1000
+
+
+def naks(d: DeadLetter) -> Naks:
+    """The naks the server reported for the dead letter's (stream, seq, consumer) within its
+    life: none for a dead-letter stream's message (no consumer refused it)."""
+    if not d.consumer:
+        return Naks([], 0, None)
+    rows = Nak.objects.filter(
+        stream_name=d.stream_name, seq=d.seq, consumer=d.consumer, ts__lte=d.died_at + NAK_SLACK
+    )
+    if d.stream_id is not None:  # not a nak of an earlier incarnation's message of that seq
+        rows = rows.filter(ts__gte=d.stream.created)  # type: ignore[union-attr]
+    last = list(rows.order_by("-ts", "-deliveries").values_list("deliveries", "ts")[:NAKS_SHOWN])
+    last.reverse()
+    total = len(last) if len(last) < NAKS_SHOWN else rows.count()
+    shown = [
+        NakRow(n, at, _ms(at, last[i - 1][1]) if i else None) for i, (n, at) in enumerate(last)
+    ]
+    return Naks(shown, total, _ms(d.died_at, last[-1][1]) if last else None)
+
+
 def trace_id(d: DeadLetter) -> str | None:
     """The trace the message belonged to, from its traceparent header."""
     headers = {k: v[0] if isinstance(v, list) and v else v for k, v in (d.headers or {}).items()}
@@ -131,6 +178,7 @@ def as_item(d: DeadLetter) -> dict[str, Any]:
 
 
 def as_detail(d: DeadLetter) -> dict[str, Any]:
+    reported = naks(d)
     return {
         **as_item(d),
         "headers": dict(d.headers or {}),
@@ -143,4 +191,6 @@ def as_detail(d: DeadLetter) -> dict[str, Any]:
         "origin_seq": d.origin_seq,
         "captured_at": d.captured_at,
         "trace_id": trace_id(d),
+        "naks": [{"deliveries": n.deliveries, "at": n.at} for n in reported.rows],
+        "naks_total": reported.total,
     }

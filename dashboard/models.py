@@ -446,3 +446,33 @@ class ReplayItem(models.Model):
         # No index holds `state` or a result column, and the table is created with
         # fillfactor 50 (migration 0014): recording a result is a HOT update, which touches no
         # index (a bulk replay records thousands a second). Pending items are found by position.
+
+
+class Nak(models.Model):
+    """One nak the server reported (its MSG_NAKED advisory, eventbus/deadletters.py): delivery
+    number `deliveries` of message `seq` of `stream_name` was refused by `consumer` at `ts` (the
+    advisory's time). Shown on the dead letter's page, before its final event. Once per
+    (stream, seq, consumer, deliveries), however often the advisory comes; rows older than the
+    tap's retention (FLOWSCOPE_RETENTION) are deleted by its retention loop. Like DeadLetter's,
+    the key names no incarnation: the same delivery of the same sequence in a stream created
+    again (or a consumer reset) within the retention is not written again; the page shows the
+    naks of the dead letter's life only (dashboard/deadletters.py `naks`)."""
+
+    stream_name = models.CharField(max_length=255)
+    seq = models.BigIntegerField()
+    consumer = models.CharField(max_length=255)
+    deliveries = models.IntegerField()
+    ts = models.DateTimeField()
+
+    class Meta:
+        db_table = "flowscope_nak"
+        constraints = [
+            # Also the index a dead letter's naks are read by (stream, seq, consumer).
+            models.UniqueConstraint(
+                fields=["stream_name", "seq", "consumer", "deliveries"], name="nak_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["ts"], name="nak_ts")]  # the retention's DELETE
+
+    def __str__(self) -> str:
+        return f"{self.stream_name}:{self.seq} nak {self.deliveries} ({self.consumer})"

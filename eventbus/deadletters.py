@@ -17,6 +17,14 @@ The message itself: read from its stream by sequence (after max deliveries the s
 it), else the tap's stored copy (a terminated message leaves interest and work-queue streams),
 else the row says the payload is gone. A message the tap has not recorded yet (it died within
 moments of being published) is asked for again shortly before it is called gone.
+
+Naks (issue #15.5): the server's MSG_NAKED advisories come through the same stream and consumer
+(not the tap's event observers), one row of flowscope_nak each per (stream, seq, consumer,
+delivery), written a batch at a time (one INSERT of arrays) and acked after the commit; the dead
+letter's page lists them before its final event. Naks can be many (a consumer refusing in a
+loop), so the stream is bounded (ADVISORY_MAX_PER_SUBJECT per subject, i.e. per kind, stream
+and consumer; ADVISORY_MAX_BYTES in all; the oldest go first) and the tap's retention loop
+deletes rows older than FLOWSCOPE_RETENTION (`expire_naks`).
 """
 
 from __future__ import annotations
@@ -59,7 +67,16 @@ ADVISORY_STREAM = "FLOWSCOPE_ADVISORIES"
 ADVISORY_SUBJECTS = (
     "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
     "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>",
+    "$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED.>",
 )
+NAK_SUBJECTS = "$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED."
+NAK_TYPE = "io.nats.jetstream.advisory.v1.nak"
+# The advisories' stream's bounds (the oldest go first): what the tap has read is kept only for
+# a look with `nats stream view`, so these bite only while no tap reads, and then first on the
+# subject that floods (one consumer naking in a loop), not on the others' dead letters.
+ADVISORY_MAX_PER_SUBJECT = 100_000
+ADVISORY_MAX_BYTES = 1 << 30
+EXPIRE_BATCH = 10_000  # naks deleted per statement (short transactions, no long lock)
 ADVISORY_CONSUMER = "flowscope_deadletters"
 DLQ_CONSUMER = "flowscope_dlq"
 REASONS = {
@@ -128,14 +145,19 @@ def _name(body: dict[str, Any], key: str) -> str:
     return value
 
 
-def parse_advisory(data: bytes, now: datetime | None = None) -> Death:
-    """A max-deliveries or terminated advisory's JSON, as the server sends it."""
+def _object(data: bytes) -> dict[str, Any]:
     try:
         body = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadAdvisory(f"not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadAdvisory("not a JSON object")
+    return body
+
+
+def parse_advisory(data: bytes, now: datetime | None = None) -> Death:
+    """A max-deliveries or terminated advisory's JSON, as the server sends it."""
+    body = _object(data)
     reason = REASONS.get(str(body.get("type")))
     if reason is None:
         raise BadAdvisory(f"type {body.get('type')!r} is not a dead-letter advisory")
@@ -152,6 +174,34 @@ def parse_advisory(data: bytes, now: datetime | None = None) -> Death:
         deliveries=deliveries,
         died_at=died_at or now or datetime.now(UTC),
         terminate_reason=clean_text(str(body.get("reason") or "")),
+    )
+
+
+@dataclass(frozen=True)
+class NakReport:
+    """Delivery number `deliveries` of `stream`:`seq` was nak'ed by `consumer` at `at`."""
+
+    stream: str
+    seq: int
+    consumer: str
+    deliveries: int
+    at: datetime
+
+
+def parse_nak(data: bytes, now: datetime | None = None) -> NakReport:
+    """A MSG_NAKED advisory's JSON, as the server sends it (io.nats.jetstream.advisory.v1.nak);
+    `now` stands for a missing or unreadable timestamp."""
+    body = _object(data)
+    if body.get("type") != NAK_TYPE:
+        raise BadAdvisory(f"type {body.get('type')!r} is not a nak advisory")
+    stamp = body.get("timestamp")
+    at = parse_nats_time(stamp if isinstance(stamp, str) else None)
+    return NakReport(
+        stream=_name(body, "stream"),
+        seq=_positive_int(body, "stream_seq"),
+        consumer=_name(body, "consumer"),
+        deliveries=_positive_int(body, "deliveries"),  # part of the key: required
+        at=at or now or datetime.now(UTC),
     )
 
 
@@ -241,11 +291,13 @@ async def ensure_advisory_stream(js: JetStreamContext, name: str) -> None:
     """The advisories' stream, as Flowscope wants it (created, or its config put back)."""
     config = StreamConfig(
         name=name,
-        description="Flowscope: consumer advisories naming dead letters (read by the tap)",
+        description="Flowscope: consumer advisories naming dead letters and naks (read by the tap)",
         subjects=list(ADVISORY_SUBJECTS),
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=7 * 24 * 3600,
+        max_msgs_per_subject=ADVISORY_MAX_PER_SUBJECT,
+        max_bytes=ADVISORY_MAX_BYTES,
     )
     try:
         await js.add_stream(config)
@@ -295,6 +347,7 @@ class DeadLetterCapture:
         self.recent = timedelta(seconds=recent)  # how long a message may still be recorded
         self.discover_interval = discover_interval
         self.written = 0
+        self.naks_written = 0
         self.bad = 0
 
     async def run(self) -> None:
@@ -335,14 +388,47 @@ class DeadLetterCapture:
     ) -> None:
         while not self.stop.is_set():
             msgs = await _fetch(sub, BATCH, 1.0)
+            naks = [m for m in msgs if m.subject.startswith(NAK_SUBJECTS)]
+            deaths = [m for m in msgs if not m.subject.startswith(NAK_SUBJECTS)]
+            try:
+                await self._capture_naks(db, naks)
+            except BaseException:  # what this tap holds goes back at once, not after ack wait
+                await _nak(msgs)
+                raise
             counts: Counter[tuple[str, str, str]] = Counter()
-            for n, msg in enumerate(msgs):
+            for n, msg in enumerate(deaths):
                 try:
                     await self._capture(db, js, msg, counts)
-                except BaseException:  # what this tap holds goes back at once, not after ack wait
-                    await _nak(msgs[n:])
+                except BaseException:
+                    await _nak(deaths[n:])
                     raise
             await self._announce(counts)
+
+    async def _capture_naks(self, db: psycopg.AsyncConnection[Any], msgs: list[Msg]) -> None:
+        """A batch's nak advisories: one INSERT, then each acked (after the commit)."""
+        reports: list[NakReport] = []
+        parsed: list[Msg] = []
+        for msg in msgs:
+            try:
+                report = parse_nak(msg.data)
+            except BadAdvisory as exc:
+                await self._ignore(msg, exc)  # acked
+                continue
+            parsed.append(msg)
+            # The capture's own naks (an advisory to read again) are not an application's.
+            if report.stream != self.advisory_stream:
+                reports.append(report)
+        if reports:
+            self.naks_written += await insert_naks(db, reports)
+        for msg in parsed:
+            await msg.ack()
+
+    async def _ignore(self, msg: Msg, exc: BadAdvisory) -> None:
+        self.bad += 1
+        metrics.DEADLETTER_ADVISORIES_IGNORED.inc()
+        log.warning("dead letters: advisory on %s ignored (%s): %r", msg.subject, exc,
+                    msg.data[:200])  # fmt: skip
+        await msg.ack()  # it will never parse: do not have it delivered again
 
     async def _capture(
         self,
@@ -366,11 +452,7 @@ class DeadLetterCapture:
         try:
             return parse_advisory(msg.data)
         except BadAdvisory as exc:
-            self.bad += 1
-            metrics.DEADLETTER_ADVISORIES_IGNORED.inc()
-            log.warning("dead letters: advisory on %s ignored (%s): %r", msg.subject, exc,
-                        msg.data[:200])  # fmt: skip
-            await msg.ack()  # it will never parse: do not have it delivered again
+            await self._ignore(msg, exc)
             return None
 
     async def _original(
@@ -547,3 +629,33 @@ async def insert(db: psycopg.AsyncConnection[Any], death: Death, original: Origi
          death.died_at),
     )  # fmt: skip
     return await cur.fetchone() is not None
+
+
+async def insert_naks(db: psycopg.AsyncConnection[Any], naks: list[NakReport]) -> int:
+    """A batch of naks in one statement, those already there (a redelivered advisory) skipped;
+    how many this call wrote."""
+    cur = await db.execute(
+        """
+        INSERT INTO flowscope_nak (stream_name, seq, consumer, deliveries, ts)
+        SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::int[], %s::timestamptz[])
+        ON CONFLICT (stream_name, seq, consumer, deliveries) DO NOTHING
+        """,
+        ([n.stream for n in naks], [n.seq for n in naks], [n.consumer for n in naks],
+         [n.deliveries for n in naks], [n.at for n in naks]),
+    )  # fmt: skip
+    return max(cur.rowcount, 0)
+
+
+async def expire_naks(db: psycopg.AsyncConnection[Any], before: datetime) -> int:
+    """Deletes the naks reported before `before`, EXPIRE_BATCH rows a statement (`db` in
+    autocommit: each its own short transaction); how many went."""
+    gone = 0
+    while True:
+        cur = await db.execute(
+            "DELETE FROM flowscope_nak WHERE id IN "
+            "(SELECT id FROM flowscope_nak WHERE ts < %s LIMIT %s)",
+            (before, EXPIRE_BATCH),
+        )
+        gone += max(cur.rowcount, 0)
+        if cur.rowcount < EXPIRE_BATCH:
+            return gone

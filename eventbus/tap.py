@@ -26,7 +26,7 @@ from nats.errors import SlowConsumerError
 
 from eventbus import digest, lag, metrics, probes, scan, topology
 from eventbus.aio import wait_event
-from eventbus.deadletters import ADVISORY_STREAM, DeadLetterCapture
+from eventbus.deadletters import ADVISORY_STREAM, DeadLetterCapture, expire_naks
 from eventbus.heartbeat import Heartbeat
 from eventbus.httpserver import ProbeServer
 from eventbus.lease import Lease
@@ -485,6 +485,7 @@ class Tap:
                     connect_timeout=5,
                 ) as db:
                     await partitions.drop_expired(db, self.config.retention, datetime.now(UTC))
+                    await expire_naks(db, datetime.now(UTC) - self.config.retention)
                     await self._downsample(db)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 log.warning("retention: %s (will retry)", exc)

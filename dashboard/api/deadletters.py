@@ -43,6 +43,11 @@ class DeadLetterOut(Schema):
     died_at: datetime
 
 
+class NakOut(Schema):
+    deliveries: int = Field(description="the delivery the consumer nak'ed (1 = the first)")
+    at: datetime = Field(description="when, as the server's advisory says")
+
+
 class DeadLetterDetailOut(DeadLetterOut):
     headers: dict[str, Any]
     payload: str = Field(description="base64 of the stored payload ('' when it is gone)")
@@ -54,6 +59,13 @@ class DeadLetterDetailOut(DeadLetterOut):
     origin_seq: int | None
     captured_at: datetime
     trace_id: str | None
+    naks: list[NakOut] = Field(
+        description="the naks the server reported for this (stream, seq, consumer) before it "
+        "died, oldest first: the last 100 (see naks_total); [] when none were reported (the "
+        "consumer let the ack wait expire, the tap was not running then, they are older than "
+        "the tap's retention, or a dead-letter stream's message)"
+    )
+    naks_total: int = Field(description="how many naks were reported in all")
 
 
 class DeadLetterPageOut(Schema):

@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.template.loader import render_to_string
 
-from dashboard.deadletters import FIELDS, dead_letters, filtered, trace_id, waiting
+from dashboard.deadletters import FIELDS, dead_letters, filtered, naks, trace_id, waiting
 from dashboard.event_detail import header_rows, payload_view
 from dashboard.models import DeadLetter, Stream
 from dashboard.pages.replays import DiscardForm, ReplayForm
@@ -111,7 +111,7 @@ def dead_letter_detail(request: HttpRequest, letter_id: int) -> HttpResponse:
             active = view
     ctx = {
         "d": d, "payload": payload, "active": active, "headers": header_rows(d.headers),
-        "trace_id": trace_id(d),
+        "trace_id": trace_id(d), "naks": naks(d),
         "stream_known": Stream.objects.filter(name=d.stream_name, deleted_at=None).exists(),
         "history": list(d.replays.select_related("job").order_by("-id")[:50]),
         "replay_form": ReplayForm(initial={"mode": "copy"}), "discard_form": DiscardForm(),
