@@ -45,9 +45,14 @@ def vera(transactional_db: None) -> tuple[str, str]:
     return _user("vera", "viewer")
 
 
-def _shot(page: Any, name: str) -> None:
+def _shot(page: Any, name: str, narrow: bool = True) -> None:
+    """test-artifacts/<name>-1280.png and, laid out anew at a phone's width, <name>-390.png."""
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}-1280.png"), full_page=True)
+    if narrow:
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(path=str(ARTIFACTS / f"{name}-390.png"), full_page=True)
+        page.set_viewport_size({"width": 1280, "height": 800})
 
 
 def _bar(page: Any) -> tuple[int, int, str]:
@@ -84,7 +89,7 @@ def _watch(page: Any, until: Any, timeout: float, shot: str | None = None) -> li
     while True:
         value, top, state = _bar(page)
         if shot and 0 < value < top:
-            _shot(page, shot)
+            _shot(page, shot, narrow=False)  # (the job is short: one shot)
             shot = None
         if until(value, top, state):
             break
@@ -156,7 +161,7 @@ def test_an_operator_replays_the_matching_dead_letters_and_watches_the_job_finis
         job_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
         page.evaluate("window.__sameDocument = true")
 
-        seen = _watch(page, lambda v, top, state: state == "done", 30, shot="replay-job-running")
+        seen = _watch(page, lambda v, top, state: state == "done", 30, shot="replay-job-midway")
         value, top, _ = _bar(page)
         assert (value, top) == (60, 60)
         assert seen == sorted(seen), f"the bar went back: {seen}"
@@ -206,6 +211,7 @@ def test_an_operator_cancels_a_running_job_from_its_page(
         assert page.inner_text("#selected-count") == "60 selected."
         job_id = _confirm(page, "#replay-selected", "5")
         _watch(page, lambda v, top, state: v >= 5, 30)
+        _shot(page, "replay-job-running")
         page.click("#cancel-job")
         page.wait_for_url(f"**/replays/{job_id}/")
         page.evaluate("window.__sameDocument = true")
@@ -271,11 +277,21 @@ def test_an_operator_replays_one_from_its_page_and_sees_where_it_went(
     rows = page.locator("#replays tbody tr")
     assert rows.count() == 1 and rows.first.get_attribute("data-state") == "published"
     cells = rows.first.locator("td")
-    assert cells.nth(3).inner_text() == f"{subject}.x" and cells.nth(5).inner_text() == stream
-    assert cells.nth(6).inner_text() == str(seq + 1)
+    assert cells.nth(3).inner_text() == stream and cells.nth(4).inner_text() == str(seq + 1)
+    assert cells.nth(5).inner_text() == f"{subject}.x"
     assert page.inner_text("#status") == "replayed"
     assert page.inner_text("#replay-button") == "Replay again"
     assert page.locator("#discard-one").count() == 0  # resolved: nothing to discard
+    # once more, on purpose, to a subject no stream captures: it says why, and the history
+    # lists both attempts, newest first
+    page.fill("#replay-one #id_subject", f"nowhere.{unique}")
+    page.click("#replay-button")
+    page.wait_for_url(f"**/dead-letters/{d.pk}/#actions")
+    assert "Not replayed: no stream captures the subject" in page.inner_text(".flash")
+    states = page.eval_on_selector_all(
+        "#replays tbody tr", "rows => rows.map(r => r.dataset.state)"
+    )
+    assert sorted(states) == ["failed", "published"]
     _shot(page, "replay-dead-letter-after")
     copy = _run(_messages(url, stream))[-1]
     assert copy.seq == seq + 1 and copy.data == b'{"order": 7}'
