@@ -87,7 +87,11 @@ def outcome(job: ReplayJob) -> tuple[int, str]:
             f"Replay job {job.pk} could not finish now (NATS unreachable?): a tap's worker "
             "finishes it with the same message id."
         )
-    return messages.ERROR, f"Not replayed: {item.error} The dead letter stays new."
+    status = item.dead_letter.status if item.dead_letter_id else "new"
+    return (
+        messages.ERROR,
+        f"Not replayed: {item.error.rstrip('.')}. The dead letter stays {status}.",
+    )
 
 
 @require_POST
