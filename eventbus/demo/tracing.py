@@ -19,6 +19,13 @@ class Tracing:
     """The demo's spans, from `provider` (tests) or the process's own (eventbus.telemetry)."""
 
     def __init__(self, provider: TracerProvider | None = None):
+        if provider is None and isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+        ):
+            # No SDK set up in this process (the demo run in-process, not by its command): a
+            # provider of its own, exporting nothing, so its messages still carry real
+            # traceparents (no-op spans would inject none) and make journeys.
+            provider = TracerProvider()
         self.provider = provider
         self.tracer = (provider or trace).get_tracer("flowscope.demo")
 
