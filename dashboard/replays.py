@@ -22,12 +22,12 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import nats.errors
 import nats.js.errors
 import psycopg
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import QuerySet
@@ -35,6 +35,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from psycopg.conninfo import make_conninfo
 
+from dashboard import jetstream
 from dashboard.audit import record
 from dashboard.deadletters import filtered
 from dashboard.models import AuditEntry, DeadLetter, ReplayItem, ReplayJob
@@ -48,7 +49,8 @@ MAX_JOB = 100_000  # dead letters in one job: a larger selection is narrowed fir
 MAX_RATE = 10_000.0  # messages a second; above it, unthrottled is what one means
 MAX_REASON = 2_000
 MAX_DESTINATIONS = 50  # listed by a dry run (the rest are summed)
-TIMEOUT = 3.0
+TIMEOUT = jetstream.TIMEOUT
+LEASE = timedelta(seconds=replay.LEASE)  # a single replay's claim, held by the web process
 # The subject a copy goes to by default: the original's (for a message of a dead-letter stream
 # fed by RePublish, the subject it was first published on: its Nats-Subject header, kept as its
 # subject when it was captured), so it does not land in the dead-letter stream again.
@@ -156,7 +158,7 @@ def dry_run(rows: QuerySet[DeadLetter], opts: Options, skipped: int = 0) -> DryR
                 streams[dest] = None
 
     try:
-        async_to_sync(_with_nats)(ask)
+        jetstream.call(ask)
     except (admin.AdminError, nats.errors.Error, TimeoutError) as exc:
         error = f"NATS could not be asked which streams capture these subjects: {exc}"
     return DryRun(
@@ -166,13 +168,6 @@ def dry_run(rows: QuerySet[DeadLetter], opts: Options, skipped: int = 0) -> DryR
         skipped=skipped,
         error=error,
     )
-
-
-async def _with_nats(op: Any) -> Any:
-    url = str(settings.NATS_URL)
-    creds = str(getattr(settings, "NATS_CREDS", "") or "")
-    async with admin.connect(url, creds, timeout=TIMEOUT) as a:
-        return await op(a)
 
 
 def database_conninfo() -> str:
@@ -211,7 +206,7 @@ def create_job(
             created_at=now, user=user, username=username, mode=opts.mode, subject=opts.subject,
             rate=opts.rate, selection=chosen, total=len(ids),
             state=ReplayJob.State.RUNNING if hold_by else ReplayJob.State.PENDING,
-            worker=hold_by, lease_until=now + replay_lease() if hold_by else None,
+            worker=hold_by, lease_until=now + LEASE if hold_by else None,
             started_at=now if hold_by else None,
         )  # fmt: skip
         with connection.cursor() as cur:
@@ -237,23 +232,25 @@ def create_job(
     return job
 
 
-def replay_lease() -> Any:
-    from datetime import timedelta
+def _publish(subject: str, body: bytes) -> str | None:
+    """One core NATS message on a connection of the request's own; why not, if it failed."""
 
-    return timedelta(seconds=replay.LEASE)
+    async def send(a: admin.Admin) -> None:
+        await a.nc.publish(subject, body)
+        await a.nc.flush(timeout=TIMEOUT)
+
+    try:
+        jetstream.call(send)
+    except (admin.AdminError, nats.errors.Error, TimeoutError) as exc:
+        return str(exc)
+    return None
 
 
 def wake() -> None:
     """Tell the taps' workers a job waits (they also look every second)."""
-
-    async def send(a: admin.Admin) -> None:
-        await a.nc.publish(f"{settings.FLOWSCOPE_SUBJECT_PREFIX}.replay.wake", b"")
-        await a.nc.flush(timeout=TIMEOUT)
-
-    try:
-        async_to_sync(_with_nats)(send)
-    except (admin.AdminError, nats.errors.Error, TimeoutError) as exc:
-        log.warning("replay: workers not woken (%s); they find the job within a second", exc)
+    failed = _publish(f"{settings.FLOWSCOPE_SUBJECT_PREFIX}.replay.wake", b"")
+    if failed:
+        log.warning("replay: workers not woken (%s); they find the job within a second", failed)
 
 
 def start(
@@ -285,7 +282,7 @@ def replay_one(request: HttpRequest | None, d: DeadLetter, opts: Options) -> Rep
             await replay.run_claimed(runner, await runner.load(job.id))
 
     try:
-        async_to_sync(_with_nats)(run)
+        jetstream.call(run)
     except (admin.AdminError, nats.errors.Error, TimeoutError, OSError) as exc:
         # NATS went away mid-way: the job is held until its lease runs out, then a tap's
         # worker resumes it (same Nats-Msg-Id: one copy whatever was sent).
@@ -344,13 +341,6 @@ def discard(request: HttpRequest | None, rows: QuerySet[DeadLetter], reason: str
 
 def announce(digest: bytes) -> None:
     """A dead-letter digest for the live pages of every web process (after the commit)."""
-    prefix = str(settings.FLOWSCOPE_SUBJECT_PREFIX)
-
-    async def send(a: admin.Admin) -> None:
-        await a.nc.publish(digest_subject(prefix), digest)
-        await a.nc.flush(timeout=TIMEOUT)
-
-    try:
-        async_to_sync(_with_nats)(send)
-    except (admin.AdminError, nats.errors.Error, TimeoutError) as exc:
-        log.warning("dead letters: change not announced (%s); pages catch up within 5 s", exc)
+    failed = _publish(digest_subject(str(settings.FLOWSCOPE_SUBJECT_PREFIX)), digest)
+    if failed:
+        log.warning("dead letters: change not announced (%s); pages catch up within 5 s", failed)

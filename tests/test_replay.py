@@ -27,6 +27,7 @@ from dashboard.search.filters import FilterError
 from eventbus import replay
 from eventbus.records import parse_traceparent
 from tests.taputil import in_thread, recorded_seqs, tap_process
+from tests.test_deadletters import _work
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
@@ -142,22 +143,11 @@ async def _publish(url: str, subject: str, payload: bytes, headers: dict[str, st
     return int(ack.seq)
 
 
-async def _give_up(url: str, stream: str, rounds: int = 10) -> None:
-    """The application: naks `.poison` until max deliveries, terminates `.bad`."""
+async def _give_up(url: str, stream: str) -> None:
+    """The application of tests/test_deadletters.py: naks `.poison` until max deliveries,
+    terminates `.bad`, acks the rest."""
     nc = await nats.connect(url)
-    sub = await nc.jetstream().pull_subscribe_bind("worker", stream=stream)
-    for _ in range(rounds):
-        try:
-            msgs = await sub.fetch(20, timeout=0.5)
-        except TimeoutError:
-            continue
-        for m in msgs:
-            if m.subject.endswith(".poison"):
-                await m.nak()
-            elif m.subject.endswith(".bad"):
-                await nc.publish(m.reply, b"+TERM schema mismatch")
-            else:
-                await m.ack()
+    await _work(nc, nc.jetstream(), stream, rounds=10)
     await nc.close()
 
 
