@@ -26,7 +26,12 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry()
@@ -85,6 +90,15 @@ class LiveCollector(Collector):
         )  # fmt: skip
         for name, text, attribute in figures:
             yield CounterMetricFamily(name, text, value=getattr(live, attribute, 0))
+        seconds = SummaryMetricFamily(
+            "flowscope_live_render_seconds",
+            "Time spent rendering live topics, by kind (overview, stream, tail, ...).",
+            labels=["kind"],
+        )
+        if live is not None:
+            for kind in sorted(live.render_counts):
+                seconds.add_metric([kind], live.render_counts[kind], live.render_seconds[kind])
+        yield seconds
         yield GaugeMetricFamily(
             "flowscope_live_nats_connected",
             "1 while the live hub's NATS subscription is connected.",

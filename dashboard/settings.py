@@ -9,6 +9,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from dashboard.live import DEFAULT_INTERVAL
 from eventbus import logs
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -192,6 +193,16 @@ FLOWSCOPE_TRUST_X_FORWARDED_FOR = envbool("FLOWSCOPE_TRUST_X_FORWARDED_FOR")  # 
 FLOWSCOPE_PAYLOAD_PREVIEW_BYTES = envint("FLOWSCOPE_PAYLOAD_PREVIEW_BYTES", 64 * 1024)
 FLOWSCOPE_LAG_INTERVAL = float(os.environ.get("FLOWSCOPE_LAG_INTERVAL", "5"))
 FLOWSCOPE_RETENTION = os.environ.get("FLOWSCOPE_RETENTION", "7d")
+# Live pages (dashboard/live): a page gets at most one update every this many seconds, however
+# fast events arrive (the latest state wins), and each topic is rendered at most that often.
+try:
+    FLOWSCOPE_LIVE_INTERVAL = float(os.environ.get("FLOWSCOPE_LIVE_INTERVAL", DEFAULT_INTERVAL))
+except ValueError:
+    FLOWSCOPE_LIVE_INTERVAL = -1.0
+if not 0.05 <= FLOWSCOPE_LIVE_INTERVAL <= 10:
+    raise ImproperlyConfigured(
+        "FLOWSCOPE_LIVE_INTERVAL must be seconds from 0.05 to 10 (default 0.2: 5 updates a second)"
+    )
 FLOWSCOPE_SUBJECT_PREFIX = os.environ.get("FLOWSCOPE_SUBJECT_PREFIX", "flowscope")
 FLOWSCOPE_SERVICE_HEADER = os.environ.get("FLOWSCOPE_SERVICE_HEADER", "Flowscope-Service")
 FLOWSCOPE_TAP_READER = os.environ.get("FLOWSCOPE_TAP_READER", "wire")  # or "nats-py"

@@ -102,7 +102,7 @@ class Writer:
         buffer_bytes: int = 64 * 1024 * 1024,
         batch_size: int = 5_000,
         flush_interval: float = 0.25,
-        linger: float = 0.02,
+        linger: float = 0.01,
         on_commit: Callable[[Committed], Awaitable[None]] | None = None,
         on_conflict: Callable[[int], Awaitable[None]] | None = None,
         lanes: int = 3,

@@ -140,6 +140,7 @@ async def test_an_anonymous_socket_is_refused(live_hub):
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("_close_thread_connections")
 async def test_a_socket_gets_the_state_at_once_then_each_digest_coalesced(live_hub, nats_server):
+    live_hub.tick = 0.25  # FLOWSCOPE_LIVE_INTERVAL: a page's updates follow the hub's renders
     socket = _socket(await _user("bob"))
     connected, _ = await socket.connect()
     assert connected
@@ -161,7 +162,7 @@ async def test_a_socket_gets_the_state_at_once_then_each_digest_coalesced(live_h
     await nc.close()
     await socket.disconnect()
     assert live_hub.digests == 200
-    assert 1 <= len(received) <= elapsed * 4 + 1, (len(received), elapsed)
+    assert 1 <= len(received) <= elapsed / live_hub.tick + 1, (len(received), elapsed)
     assert received[-1].endswith(f"overview {len(live_hub.renders_log)}</div>")  # latest wins
     assert live_hub.watched == {}
 
@@ -306,3 +307,25 @@ async def test_the_socket_asks_the_role_check(live_hub, settings):
     connected, _ = await socket.connect()
     assert connected is True
     await socket.disconnect()
+
+
+def test_the_update_interval_is_a_setting_and_a_bad_one_is_refused() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import django; django.setup(); from dashboard.live.hub import hub; "
+            "print(hub().tick)")  # fmt: skip
+    for value, expect in (("", "0.2"), ("0.5", "0.5"), ("0", None), ("11", None), ("fast", None)):
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+               "DATABASE_URL": "postgresql://x@127.0.0.1/x"}  # fmt: skip
+        env.pop("FLOWSCOPE_LIVE_INTERVAL", None)
+        if value:
+            env["FLOWSCOPE_LIVE_INTERVAL"] = value
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=False)  # fmt: skip
+        if expect is None:
+            assert run.returncode != 0 and "FLOWSCOPE_LIVE_INTERVAL" in run.stderr, value
+        else:
+            assert run.returncode == 0, run.stderr[-300:]
+            assert run.stdout.split()[-1] == expect

@@ -190,6 +190,9 @@ def test_the_web_app_counts_requests_sockets_digests_and_pushes(
                 series = wait_until(pushed, 30, "digests received, rendered and pushed")
                 assert value(series, "flowscope_live_nats_connected") == 1
                 assert value(series, "flowscope_live_topics_watched") == 1
+                renders = value(series, "flowscope_live_render_seconds_count", kind="overview")
+                assert 0 < renders <= value(series, "flowscope_live_renders_total")
+                assert 0 < value(series, "flowscope_live_render_seconds_sum", kind="overview")
             finally:
                 ws.close()
             wait_until(

@@ -4,7 +4,8 @@ Only a logged-in user gets one (anonymous: refused before the handshake complete
 browser sees a 403), and only from an allowed origin (asgi.py). On connect the socket joins its
 topics' groups and gets each topic's current HTML at once, so a page that reconnects after a
 web restart re-syncs by itself. Pushes are coalesced per socket: the latest HTML per topic wins
-and at most one message goes out every `MIN_INTERVAL` seconds, however fast events arrive.
+and at most one message goes out every `FLOWSCOPE_LIVE_INTERVAL` seconds (the hub's tick: a
+topic is rendered at most that often), however fast events arrive.
 
 A message carries only the roots (a page's live partials, by id) whose HTML differs from what
 this socket last sent of them: a counter that moved swaps its section, not the whole page.
@@ -33,7 +34,10 @@ from dashboard.live.hub import Parts, group_name, hub
 from dashboard.live.topics import parse_topics
 
 log = logging.getLogger("flowscope.live")
-MIN_INTERVAL = 0.25  # seconds between two messages to one socket: at most 4 a second
+# A socket's messages follow the hub's renders (one per tick); this socket-side bound, a little
+# under the tick so that its own timing never delays a render that is due, holds for pages that
+# watch several topics.
+SLACK = 0.9
 ACK_TIMEOUT = 5.0  # seconds a page may take to acknowledge a message
 
 clients = 0  # open sockets in this process (for /metrics)
@@ -114,8 +118,8 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         last = 0.0
         while True:
             await self.pending.wait()
-            wait = last + MIN_INTERVAL - time.monotonic()
-            if wait > 0:  # at most one message per MIN_INTERVAL, counted from the last one
+            wait = last + SLACK * self.live.tick - time.monotonic()
+            if wait > 0:  # at most one message per tick or so, counted from the last one
                 await asyncio.sleep(wait)
             while self.acking and self.unacked:  # one message in flight at most
                 self.acked.clear()

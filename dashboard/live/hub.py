@@ -162,6 +162,8 @@ class LiveHub:
         # figures for /metrics and the live benchmark
         self.digests = 0
         self.renders = 0
+        self.render_seconds: dict[str, float] = {}  # topic kind -> seconds rendering
+        self.render_counts: Counter[str] = Counter()  # topic kind -> renders
         self.pushes = 0
 
     # -- sockets --------------------------------------------------------------------------
@@ -184,7 +186,12 @@ class LiveHub:
         if fresh_for and cached is not None and time.monotonic() - cached[0] <= fresh_for:
             return cached[1]
         self.renders += 1
+        started = time.perf_counter()
         html = await sync_to_async(self.render_sync, thread_sensitive=False)(topic)
+        kind = topic.partition(":")[0]
+        spent = time.perf_counter() - started
+        self.render_seconds[kind] = self.render_seconds.get(kind, 0.0) + spent
+        self.render_counts[kind] += 1
         parts = None if html is None else split_roots(html)
         if parts is not None and cached is not None and cached[1] is not None:
             before = dict(cached[1])
@@ -305,5 +312,9 @@ def hub() -> LiveHub:
     if _hub is None:
         from django.conf import settings
 
-        _hub = LiveHub(settings.NATS_URL, settings.FLOWSCOPE_SUBJECT_PREFIX)
+        _hub = LiveHub(
+            settings.NATS_URL,
+            settings.FLOWSCOPE_SUBJECT_PREFIX,
+            tick=settings.FLOWSCOPE_LIVE_INTERVAL,
+        )
     return _hub

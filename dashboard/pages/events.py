@@ -59,6 +59,7 @@ def events(request: HttpRequest) -> HttpResponse:
         "first_page": not request.GET.get("cursor"),
         "filter_qs": f.query_string(),
         "tail_topic": "tail:" + quote(f.query_string(), safe=""),
+        "live_rate": round(1 / settings.FLOWSCOPE_LIVE_INTERVAL, 1),
         "live": request.GET.get("live") == "1",
         "preview_kib": settings.FLOWSCOPE_PAYLOAD_PREVIEW_BYTES // 1024,
     }

@@ -43,6 +43,9 @@
       return true;
     }
     if (old.nodeType !== Node.ELEMENT_NODE || old.tagName !== neu.tagName) return false;
+    // a time shown in the reader's zone (static/js/times.js) for the same instant: unchanged
+    if (old.tagName === "TIME" && old.dataset.local &&
+        old.getAttribute("datetime") === neu.getAttribute("datetime")) return true;
     var charts = window.flowscopeCharts;
     if (old.hasAttribute("data-chart") && charts && charts.data(old)) {
       if (!charts.accepts(old, neu)) return false;

@@ -5,7 +5,13 @@
   "use strict";
   var fmt = null;
   function pad(n) { return (n < 10 ? "0" : "") + n; }
+  var zones = {}; // the zone's name by UTC offset (Intl is slow to ask, and pushes ask often)
   function zone(d) {
+    var key = d.getTimezoneOffset();
+    if (!(key in zones)) zones[key] = zoneName(d);
+    return zones[key];
+  }
+  function zoneName(d) {
     try {
       var parts = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" }).formatToParts(d);
       for (var i = 0; i < parts.length; i++) if (parts[i].type === "timeZoneName") return parts[i].value;
