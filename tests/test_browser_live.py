@@ -168,6 +168,9 @@ SPARK_STATE = """(stream) => {
 def test_a_push_patches_the_page_in_place_and_keeps_its_charts(web, page, alice):
     _log_in(page, web, alice)
     page.wait_for_selector("#streams-section")
+    # the socket's first message re-syncs the whole page: after it (no tap here, so no other
+    # push follows), only this test's swaps touch the section
+    _wait(lambda: page.evaluate("window.flowscopeLive.pushes") >= 1, 10, "the first push")
     swap = "html => htmx.swap(document.body, html, {swapStyle: 'none'})"  # what a push does
     page.evaluate(swap, _streams_push(("S", [1, 2, 3], 10)))
     page.wait_for_selector("#streams-section .spark canvas")
