@@ -476,7 +476,7 @@ RECORDER = """(() => {
     bench.pushed.push(Date.now());
     const cell = document.querySelector(selector);
     if (!cell) return;
-    const value = parseInt(cell.textContent, 10);
+    const value = parseInt(cell.textContent.replace(/,/g, ""), 10);  // "12,345"
     const last = bench.shown[bench.shown.length - 1];
     if (!last || last[1] !== value) bench.shown.push([Date.now(), value]);
   });
@@ -647,7 +647,7 @@ class Socket(WebSocketClientProtocol):  # type: ignore[misc]
     def onMessage(self, payload: bytes, is_binary: bool) -> None:
         self.arrived.append(time.time())
         found = self.pattern.search(payload)
-        self.shown.append(int(found.group(1)) if found else -1)
+        self.shown.append(int(found.group(1).replace(b",", b"")) if found else -1)
 
     def onClose(self, was_clean: bool, code: int | None, reason: str | None) -> None:
         self.closed = f"{code} {reason or ''}".strip()
@@ -660,8 +660,8 @@ class Socket(WebSocketClientProtocol):  # type: ignore[misc]
 async def open_sockets(env: Environment, cookie: str, stream: str, n: int) -> list[Socket]:
     parts = urlparse(env.web_url)
     clients: list[Socket] = []
-    pattern = re.compile(
-        rb'data-stream="' + re.escape(stream.encode()) + rb'".*?data-field="recorded">(\d+)',
+    pattern = re.compile(  # the counter as shown: "12,345"
+        rb'data-stream="' + re.escape(stream.encode()) + rb'".*?data-field="recorded">([\d,]+)',
         re.DOTALL,
     )
     protocol = type("BenchSocket", (Socket,), {"pattern": pattern, "clients": clients})

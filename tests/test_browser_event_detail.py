@@ -14,6 +14,7 @@ from eventbus.observers import ObserverSettings
 from tests.conftest import ARTIFACTS
 from tests.taputil import eventually, in_thread, query, tap_running
 from tests.test_browser_streams import _log_in
+from tests.webutil import no_page_overflow
 
 pytestmark = pytest.mark.browser
 
@@ -48,11 +49,6 @@ async def _ready(tap, name: str) -> bool:  # type: ignore[no-untyped-def]
     return bool(name in tap.observers and tap.observers[name].ready.is_set())
 
 
-def _no_page_overflow(page) -> None:  # type: ignore[no-untyped-def]
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= page.viewport_size["width"], f"the page is {width}px wide"
-
-
 def test_the_event_page_highlights_json_switches_views_and_loads_the_full_payload(
     web, page, alice, nats_server, database_url, unique
 ):
@@ -78,7 +74,7 @@ def test_the_event_page_highlights_json_switches_views_and_loads_the_full_payloa
         assert (
             page.locator("#view-json").is_visible() and not page.locator("#view-hex").is_visible()
         )
-        _no_page_overflow(page)
+        no_page_overflow(page)
         page.screenshot(path=str(ARTIFACTS / f"event_page_{width}.png"), full_page=True)
 
         page.locator("#payload [data-view=hex]").click()
@@ -88,7 +84,7 @@ def test_the_event_page_highlights_json_switches_views_and_loads_the_full_payloa
         assert page.locator("#payload [data-view=hex]").get_attribute("aria-selected") == "true"
         assert page.url.endswith("?view=hex")  # a reload keeps the view
         assert "00000000  7b 22 6f 72 64 65 72 22" in page.locator("#view-hex").inner_text()
-        _no_page_overflow(page)  # the dump scrolls inside its own box
+        no_page_overflow(page)  # the dump scrolls inside its own box
         page.screenshot(path=str(ARTIFACTS / f"event_page_hex_{width}.png"), full_page=True)
         page.locator("#payload [data-view=text]").click()
         assert (

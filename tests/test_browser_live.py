@@ -35,7 +35,7 @@ def _recorded(page, stream: str) -> int:
     cell = page.locator(f'#streams tr[data-stream="{stream}"] td[data-field="recorded"]')
     if not cell.count():
         return -1
-    return int(cell.first.inner_text().split()[0])
+    return int(cell.first.inner_text().split()[0].replace(",", ""))  # "1,234"
 
 
 def _wait(check, timeout: float, what: str):
@@ -73,6 +73,10 @@ def test_an_event_moves_the_overview_without_a_reload(
         assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
         # flow control: the page announced it acknowledges, and acknowledged what it got
         assert sent[0] == "flow ack" and sent.count("ack") >= 2, sent[:5]
+        # at 1280 px the streams table, 11 columns, fits its box: no column hidden to the right
+        box = page.evaluate("""() => { const box = document.querySelector('#streams').parentElement;
+          return [box.scrollWidth, box.clientWidth]; }""")
+        assert box[0] <= box[1], f"the streams table is {box[0]} px wide in a {box[1]} px box"
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "overview-live.png"), full_page=True)
         print(f"publish to overview: {moved_after * 1000:.0f} ms")

@@ -17,6 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from tests.conftest import ARTIFACTS
 from tests.taputil import in_thread, tap_process
 from tests.test_browser_streams import _log_in, _wait_for_text
+from tests.webutil import no_page_overflow
 
 pytestmark = pytest.mark.browser
 HTMX = Path(__file__).resolve().parent.parent / "static/vendor/htmx-2.0.11/htmx.min.js"
@@ -52,11 +53,6 @@ async def _traffic(url: str, u: str, stop: threading.Event) -> None:
             pass
         await asyncio.sleep(0.2)
     await nc.close()
-
-
-def _no_page_overflow(page) -> None:
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= page.viewport_size["width"], f"the page is {width}px wide"
 
 
 def _choose_range(page, r: str) -> None:
@@ -106,7 +102,7 @@ def test_stream_and_consumer_pages_draw_their_charts_at_1280_and_390_px(
                 alive, elements = _charts_alive(page)
                 assert alive == elements >= 1
                 assert page.locator(".u-legend").count() == elements  # full charts: a legend
-                _no_page_overflow(page)
+                no_page_overflow(page)
                 if width == 390 and name == "stream":  # tables scroll inside their own box
                     # one query in the page: live pushes replace these elements any moment
                     overflow = page.evaluate(

@@ -12,6 +12,7 @@ from tests.conftest import ARTIFACTS
 from tests.taputil import in_thread
 from tests.test_browser_streams import _log_in
 from tests.test_topology_page import _flow
+from tests.webutil import no_page_overflow
 
 pytestmark = pytest.mark.browser
 
@@ -136,5 +137,10 @@ def test_the_page_fits_a_phone(web, page, alice, nats_server, database_url, uniq
         .map(e => e.getBoundingClientRect().right)""")
     assert max(widths) <= 390
     assert page.locator("#topology-list").is_visible()
+    no_page_overflow(page)  # and the whole page, the top bar's navigation in view
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "topology-390.png"), full_page=True)
+    page.goto(web + "/")  # the overview: its wide tables scroll in their own boxes
+    page.wait_for_selector("#streams-section")
+    no_page_overflow(page)
+    page.screenshot(path=str(ARTIFACTS / "overview-390.png"), full_page=True)

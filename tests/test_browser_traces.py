@@ -5,21 +5,15 @@ style), and a click through to an event. Real tap, nats-server, PostgreSQL and D
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from tests.conftest import ARTIFACTS
 from tests.taputil import in_thread
 from tests.test_browser_streams import _log_in
 from tests.test_traces import MARKUP_SERVICE, TRACE, Flow, record_flow
+from tests.webutil import no_page_overflow
 
 pytestmark = pytest.mark.browser
-
-
-def _no_page_overflow(page: Any) -> None:
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= page.viewport_size["width"], f"the page is {width}px wide"
 
 
 def test_the_journey_page_draws_the_waterfall_and_graph_and_opens_an_event(
@@ -74,7 +68,7 @@ def test_the_journey_page_draws_the_waterfall_and_graph_and_opens_an_event(
         # markup from the wire is text
         assert page.locator(f"#waterfall tr.step >> text={MARKUP_SERVICE}").count() == 1
         assert page.locator("#waterfall img, #waterfall b").count() == 0
-        _no_page_overflow(page)
+        no_page_overflow(page)
         for table in ("#services", "#waterfall"):  # both fit their box: nothing hidden aside
             fits = page.evaluate(
                 "(sel) => { const b = document.querySelector(sel).closest('.table-scroll');"

@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from eventbus.embedded import free_port, wait_for_port
 
@@ -42,3 +43,17 @@ def get(url: str) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def no_page_overflow(page: Any) -> None:
+    """The page fits its viewport: nothing wider than the window (wide tables and dumps scroll
+    in their own boxes) and every link of the navigation in view, none cut off."""
+    viewport = page.viewport_size["width"]
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= viewport, f"the page is {width}px wide"
+    cut = page.evaluate(
+        """(viewport) => [...document.querySelectorAll('.topbar nav a')]
+          .filter(a => a.getBoundingClientRect().right > viewport).map(a => a.textContent)""",
+        viewport,
+    )
+    assert not cut, f"navigation cut off at {viewport}px: {cut}"

@@ -47,8 +47,10 @@
     return v.toFixed(1);
   }
 
+  // The element's width: a sparkline as narrow as its column (60 px at least), a lag chart 120.
   function widthOf(el) {
-    return Math.max(120, Math.floor(el.clientWidth || el.getBoundingClientRect().width || 300));
+    var least = el.getAttribute("data-chart") === "spark" ? 60 : 120;
+    return Math.max(least, Math.floor(el.clientWidth || el.getBoundingClientRect().width || 300));
   }
 
   function lagOptions(el, spec, current) {
