@@ -70,6 +70,42 @@ def test_a_rendering_splits_into_its_out_of_band_roots():
         assert split_roots(odd) == [(None, odd)]
 
 
+@pytest.mark.django_db
+def test_the_overview_draws_rate_lag_and_trend_from_the_stored_samples():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from dashboard.models import Consumer, ConsumerSample, Stream, StreamSample
+    from dashboard.pages.overview import overview_context
+
+    now = timezone.now()
+    streams = [
+        Stream.objects.create(name=name, created=now, retention="limits", observed_by="consumer")
+        for name in ("ORDERS", "OTHER")
+    ]
+    orders, other = streams
+    Consumer.objects.create(stream=orders, name="slow", last_seen=now, num_pending=80,
+                            num_ack_pending=20)  # fmt: skip
+    Consumer.objects.create(stream=orders, name="fast", last_seen=now, num_pending=1)
+    ago = [1200, 120, 70, 5]  # seconds: the first is older than the sparklines' 15 minutes
+    for (seq, slow, fast), age in zip([(0, 900, 9), (100, 200, 0), (110, 10, 3), (240, 100, 1)],
+                                      ago, strict=True):  # fmt: skip
+        ts = now - timedelta(seconds=age)
+        StreamSample.objects.create(stream=orders, ts=ts, last_seq=seq)
+        StreamSample.objects.create(stream=other, ts=ts, last_seq=seq * 7)
+        ConsumerSample.objects.create(stream=orders, ts=ts, consumer="slow", num_pending=slow)
+        ConsumerSample.objects.create(stream=orders, ts=ts, consumer="fast", num_pending=fast)
+        ConsumerSample.objects.create(stream=other, ts=ts, consumer="x", num_pending=5000)
+    row = next(r for r in overview_context(now)["stream_rows"] if r.stream.name == "ORDERS")
+    t = [(now - timedelta(seconds=age)).timestamp() for age in ago]
+    assert row.rate_xs == pytest.approx(t[2:]) and row.rate_ys == pytest.approx([0.2, 2.0])
+    assert row.rate == pytest.approx(2.0)  # over the last minute (from the sample at -70 s)
+    assert row.lag_xs == pytest.approx(t[1:]) and row.lag_ys == [200, 10, 100]  # the worst's
+    # 100 now against 10 at the last sample at least a minute old (-70 s), not the 200 before it
+    assert row.worst is not None and row.worst.name == "slow" and row.worst_trend == "growing"
+
+
 def test_rates_trends_and_store_names():
     points = [(0.0, 0), (5.0, 50), (10.0, 150), (15.0, 10)]  # purged and reset at the end
     assert rate_series(points) == ([5.0, 10.0, 15.0], [10.0, 20.0, 0.0])
