@@ -97,7 +97,9 @@ def test_the_overview_draws_rate_lag_and_trend_from_the_stored_samples():
         ConsumerSample.objects.create(stream=orders, ts=ts, consumer="slow", num_pending=slow)
         ConsumerSample.objects.create(stream=orders, ts=ts, consumer="fast", num_pending=fast)
         ConsumerSample.objects.create(stream=other, ts=ts, consumer="x", num_pending=5000)
-    row = next(r for r in overview_context(now)["stream_rows"] if r.stream.name == "ORDERS")
+    rows = overview_context(now)["stream_rows"]
+    assert isinstance(rows, list)
+    row = next(r for r in rows if r.stream.name == "ORDERS")
     t = [(now - timedelta(seconds=age)).timestamp() for age in ago]
     assert row.rate_xs == pytest.approx(t[2:]) and row.rate_ys == pytest.approx([0.2, 2.0])
     assert row.rate == pytest.approx(2.0)  # over the last minute (from the sample at -70 s)
