@@ -30,7 +30,7 @@ from eventbus.deadletters import ADVISORY_STREAM, DeadLetterCapture, expire_naks
 from eventbus.heartbeat import Heartbeat
 from eventbus.httpserver import ProbeServer
 from eventbus.lease import Lease
-from eventbus.natsconn import servers
+from eventbus.natsconn import servers, shown
 from eventbus.observers import (
     ConsumerObserver,
     Observer,
@@ -158,9 +158,8 @@ class Tap:
             log.error("NATS connection lost: reconnecting (nothing still in the streams is lost)")
 
         async def reconnected() -> None:
-            log.warning(
-                "NATS reconnected to %s: resuming", self.nc.connected_url if self.nc else ""
-            )
+            server = shown(self.nc.connected_url if self.nc else None)
+            log.warning("NATS reconnected to %s: resuming", server)
             self.wake.set()
 
         async def error(exc: Exception) -> None:
@@ -207,7 +206,7 @@ class Tap:
 
     async def _run(self) -> None:
         self.nc = await self.connect_nats()
-        log.info("tap %s connected to %s", self.id, self.nc.connected_url)
+        log.info("tap %s connected to %s", self.id, shown(self.nc.connected_url))
         if scan.IMPLEMENTATION != "c":
             log.warning(
                 "the tap's C scanner (eventbus/_scan.c) is not in use [%s]: plain deliveries "

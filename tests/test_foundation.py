@@ -217,3 +217,13 @@ def test_a_streams_newest_events_are_read_in_index_order_without_a_sort(db):
             cur.execute("EXPLAIN " + sql, params)
             plan = "\n".join(row[0] for row in cur.fetchall())
             assert "Sort" not in plan and "stream_id_seq_ts" in plan, plan
+
+
+def test_a_nats_server_is_logged_as_a_url_without_its_credentials():
+    from urllib.parse import urlparse
+
+    from eventbus.natsconn import shown
+
+    assert shown(urlparse("nats://alice:s3cret@10.0.0.5:4222")) == "nats://10.0.0.5:4222"
+    assert shown(urlparse("tls://nats.example.com")) == "tls://nats.example.com"
+    assert shown(None) == ""

@@ -32,7 +32,7 @@ from channels.layers import get_channel_layer
 from nats.aio.client import Client
 
 from dashboard.live.topics import renderer
-from eventbus.natsconn import servers
+from eventbus.natsconn import servers, shown
 
 log = logging.getLogger("flowscope.live")
 
@@ -246,7 +246,9 @@ class LiveHub:
         )
         self.connected = True
         await self.nc.subscribe(f"{self.prefix}.digest.>", cb=self._on_digest)
-        log.info("live hub: subscribed to %s.digest.> on %s", self.prefix, self.nc.connected_url)
+        log.info(
+            "live hub: subscribed to %s.digest.> on %s", self.prefix, shown(self.nc.connected_url)
+        )
         next_refresh = time.monotonic() + self.refresh
         while True:
             now = time.monotonic()

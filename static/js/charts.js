@@ -47,6 +47,28 @@
     return v.toFixed(1);
   }
 
+  // Tick steps for counts: whole numbers only (1, 2, 5, 10, 20, 50, ...).
+  var COUNT_STEPS = [];
+  for (var p = 1; p <= 1e12; p *= 10) COUNT_STEPS.push(p, 2 * p, 5 * p);
+
+  function pad(n) { return n < 10 ? "0" + n : String(n); }
+  function dateOf(d) { return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()); }
+  function hoursOf(d) { return pad(d.getHours()) + ":" + pad(d.getMinutes()); }
+
+  // The legend's time: the moment under the cursor, to the second, in the reader's zone.
+  function fullTime(v) {
+    var d = new Date(v * 1000);
+    return dateOf(d) + " " + hoursOf(d) + ":" + pad(d.getSeconds());
+  }
+
+  // A time axis' label in the reader's zone, 24-hour like the rest of the pages: the date for
+  // ticks a day or more apart, seconds only when ticks are under a minute apart.
+  function timeLabel(v, incr) {
+    var d = new Date(v * 1000);
+    if (incr >= 86400) return dateOf(d);
+    return incr < 60 ? hoursOf(d) + ":" + pad(d.getSeconds()) : hoursOf(d);
+  }
+
   // The element's width: a sparkline as narrow as its column (60 px at least), a lag chart 120.
   function widthOf(el) {
     var least = el.getAttribute("data-chart") === "spark" ? 60 : 120;
@@ -56,7 +78,9 @@
   function lagOptions(el, spec, current) {
     var names = Object.keys(spec.series || {});
     var unit = spec.unit || "";
-    var series = [{ label: "Time" }];
+    var series = [
+      { label: "Time", value: function (u, v) { return v == null ? "–" : fullTime(v); } },
+    ];
     names.forEach(function (name, i) {
       series.push({
         label: name,
@@ -67,6 +91,12 @@
         value: function (u, v) { return v == null ? "–" : formatNumber(v) + " " + unit; },
       });
     });
+    var yAxis = {
+      stroke: "#475569", size: 60, label: unit, labelSize: 18, labelFont: "12px system-ui",
+      grid: { stroke: "#eef2f7", width: 1 }, ticks: { stroke: "#e5e7eb" },
+      values: function (u, vals) { return vals.map(formatNumber); },
+    };
+    if (unit === "messages") yAxis.incrs = COUNT_STEPS; // counts: no tick at 0.2 of a message
     return {
       width: widthOf(el),
       height: LAG_HEIGHT,
@@ -79,12 +109,13 @@
         y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } },
       },
       axes: [
-        { stroke: "#475569", grid: { stroke: "#eef2f7", width: 1 }, ticks: { stroke: "#e5e7eb" } },
         {
-          stroke: "#475569", size: 60, label: unit, labelSize: 18, labelFont: "12px system-ui",
-          grid: { stroke: "#eef2f7", width: 1 }, ticks: { stroke: "#e5e7eb" },
-          values: function (u, vals) { return vals.map(formatNumber); },
+          stroke: "#475569", grid: { stroke: "#eef2f7", width: 1 }, ticks: { stroke: "#e5e7eb" },
+          values: function (u, vals, axis, space, incr) {
+            return vals.map(function (v) { return timeLabel(v, incr); });
+          },
         },
+        yAxis,
       ],
       legend: { show: true, live: true },
       cursor: { drag: { x: false, y: false } },
@@ -273,6 +304,11 @@
     count: function () { return charts.size; },
     redraw: start,
     data: function (el) { var c = charts.get(el); return c ? c.plot.data : null; },
+    // the labels of a chart's axes as last drawn (uPlot draws them on the canvas)
+    labels: function (el) {
+      var c = charts.get(el);
+      return c ? c.plot.axes.map(function (a) { return a._values || []; }) : null;
+    },
     // for live.js, which patches a pushed region in place or, when it cannot, keeps its charts
     accepts: accepts,
     update: update,
