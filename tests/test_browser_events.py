@@ -137,6 +137,18 @@ def test_a_search_from_the_form_keeps_the_filter_in_the_url(
             assert cell.get_attribute("title") == iso
         finally:
             kolkata.close()
+        # a row with a long subject and payload (as the demo's are) still fits 1280 px: the
+        # payload takes the width left and ends in an ellipsis
+        page.evaluate("""() => {
+          const row = document.querySelector('#event-table tbody tr').cloneNode(true);
+          row.querySelector('td.subject').textContent = 'orders.' + 'abcdef0123456789'.repeat(3);
+          row.querySelector('td.preview').textContent = '{"order_id": 1, ' + 'x'.repeat(3000);
+          document.querySelector('#event-table tbody').prepend(row);
+        }""")
+        box = page.evaluate("""() => { const t = document.querySelector('#event-table');
+          const b = t.closest('.table-scroll') || t.parentElement;
+          return [b.scrollWidth, b.clientWidth]; }""")
+        assert box[0] <= box[1], f"the events table is {box[0]} px wide in a {box[1]} px box"
         for width in (1280, 390):
             page.set_viewport_size({"width": width, "height": 900})
             page.screenshot(path=str(ARTIFACTS / f"events-{width}.png"), full_page=True)
