@@ -43,6 +43,10 @@ class ConsumerCounters(models.Model):
     num_waiting = models.BigIntegerField(default=0)
     delivered_stream_seq = models.BigIntegerField(default=0)
     ack_floor_stream_seq = models.BigIntegerField(default=0)
+    # the ack floor in deliveries (consumer sequence): what the ack rate is the rise of, since
+    # a filtered consumer's stream sequence also passes other subjects' messages. NULL: sampled
+    # before it was recorded
+    ack_floor_consumer_seq = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         abstract = True

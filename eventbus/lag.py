@@ -35,6 +35,7 @@ COUNTERS = (
     "num_waiting",
     "delivered_stream_seq",
     "ack_floor_stream_seq",
+    "ack_floor_consumer_seq",
 )
 
 
@@ -47,6 +48,7 @@ class ConsumerState:
     num_waiting: int
     delivered_stream_seq: int
     ack_floor_stream_seq: int
+    ack_floor_consumer_seq: int
     config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     created: datetime | None = field(default=None, compare=False, hash=False)
 
@@ -92,6 +94,7 @@ def consumer_state(info: dict[str, Any]) -> ConsumerState:
         num_waiting=int(info.get("num_waiting", 0)),
         delivered_stream_seq=int((info.get("delivered") or {}).get("stream_seq", 0)),
         ack_floor_stream_seq=int((info.get("ack_floor") or {}).get("stream_seq", 0)),
+        ack_floor_consumer_seq=int((info.get("ack_floor") or {}).get("consumer_seq", 0)),
         config=dict(info.get("config") or {}),
         created=parse_nats_time(info.get("created")),
     )
@@ -178,14 +181,15 @@ async def write_round(
             await c.executemany(
                 "INSERT INTO flowscope_consumer (stream_id, name, config, created, last_seen, "
                 "deleted_at, num_pending, num_ack_pending, num_redelivered, num_waiting, "
-                "delivered_stream_seq, ack_floor_stream_seq) "
-                "VALUES (%s, %s, %s, %s, %s, NULL, %s, %s, %s, %s, %s, %s) "
+                "delivered_stream_seq, ack_floor_stream_seq, ack_floor_consumer_seq) "
+                "VALUES (%s, %s, %s, %s, %s, NULL, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (stream_id, name) DO UPDATE SET config = EXCLUDED.config, "
                 "created = EXCLUDED.created, last_seen = EXCLUDED.last_seen, deleted_at = NULL, "
                 "num_pending = EXCLUDED.num_pending, num_ack_pending = EXCLUDED.num_ack_pending, "
                 "num_redelivered = EXCLUDED.num_redelivered, num_waiting = EXCLUDED.num_waiting, "
                 "delivered_stream_seq = EXCLUDED.delivered_stream_seq, "
-                "ack_floor_stream_seq = EXCLUDED.ack_floor_stream_seq",
+                "ack_floor_stream_seq = EXCLUDED.ack_floor_stream_seq, "
+                "ack_floor_consumer_seq = EXCLUDED.ack_floor_consumer_seq",
                 [(sid, c.name, Jsonb(c.config), c.created, ts, *c.counters())
                  for sid, c in consumers],
             )  # fmt: skip
@@ -197,8 +201,8 @@ async def write_round(
             await c.executemany(
                 "INSERT INTO flowscope_consumer_sample (ts, stream_id, consumer, num_pending, "
                 "num_ack_pending, num_redelivered, num_waiting, delivered_stream_seq, "
-                "ack_floor_stream_seq, downsampled) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, false)",
+                "ack_floor_stream_seq, ack_floor_consumer_seq, downsampled) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, false)",
                 [(ts, sid, c.name, *c.counters()) for sid, c in consumers],
             )
     return {s.name: ids[s.name] for s in stored}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,20 +25,20 @@ def test_consumer_state_reads_consumer_info():
         "num_redelivered": 1,
         "num_waiting": 3,
         "delivered": {"consumer_seq": 5, "stream_seq": 4},
-        "ack_floor": {"consumer_seq": 2, "stream_seq": 2},
+        "ack_floor": {"consumer_seq": 3, "stream_seq": 2},
         "config": {"durable_name": "billing"},
         "created": "2026-11-25T10:00:00.123456789Z",
     }
     c = consumer_state(info)
-    assert (c.name, c.lag, c.counters()) == ("billing", 8, (6, 2, 1, 3, 4, 2))
+    assert (c.name, c.lag, c.counters()) == ("billing", 8, (6, 2, 1, 3, 4, 2, 3))
     assert c.created == datetime(2026, 11, 25, 10, 0, 0, 123456, tzinfo=UTC)
 
 
 def test_diff_reports_only_changed_new_and_removed_consumers():
-    a = ConsumerState("a", 1, 0, 0, 0, 5, 5)
-    b = ConsumerState("b", 2, 0, 0, 0, 5, 5)
-    c = ConsumerState("c", 0, 0, 0, 0, 0, 0)
-    previous = {"a": a.counters(), "b": (9, 0, 0, 0, 5, 5), "gone": (0,) * 6}
+    a = ConsumerState("a", 1, 0, 0, 0, 5, 5, 5)
+    b = ConsumerState("b", 2, 0, 0, 0, 5, 5, 5)
+    c = ConsumerState("c", 0, 0, 0, 0, 0, 0, 0)
+    previous = {"a": a.counters(), "b": (9, 0, 0, 0, 5, 5, 5), "gone": (0,) * 7}
     changed, removed = diff(previous, [a, b, c])
     assert [x.name for x in changed] == ["b", "c"]
     assert removed == ["gone"]
@@ -116,6 +117,47 @@ async def test_tap_samples_every_consumers_lag_and_the_stream_state(
     assert tap_rows == []
 
 
+async def test_a_filtered_consumers_ack_floor_is_kept_in_deliveries_too(
+    nats_server, database_url, unique
+):
+    """The ack rate is the rise of the floor's consumer sequence: a consumer that sees one
+    subject in four acks 5 messages while its floor's stream sequence passes 17."""
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    stream = f"FILT_{unique}"
+    await js.add_stream(name=stream, subjects=[f"filt.{unique}.*"])
+    for _ in range(5):
+        await js.publish(f"filt.{unique}.mine", b"x")
+        for _ in range(3):
+            await js.publish(f"filt.{unique}.other", b"y")
+    app = await js.pull_subscribe(f"filt.{unique}.mine", durable="mine")
+    for m in await app.fetch(5, timeout=5):
+        await m.ack_sync()
+
+    async def floors() -> list[tuple[Any, ...]]:
+        return await query(
+            database_url,
+            "SELECT c.ack_floor_stream_seq, c.ack_floor_consumer_seq, c.num_pending "
+            "FROM flowscope_consumer c JOIN flowscope_stream s ON s.id = c.stream_id "
+            "WHERE s.name = %s AND c.name = 'mine'",
+            stream,
+        )
+
+    async with tap_running(nats_server.url, database_url, lag_interval=0.3):
+        await eventually(lambda: _equals(floors(), [(17, 5, 0)]), what="floor 17 / 5 deliveries")
+        samples = await query(
+            database_url,
+            "SELECT DISTINCT ack_floor_consumer_seq FROM flowscope_consumer_sample "
+            "WHERE consumer = 'mine'",
+        )
+    await nc.close()
+    assert samples == [(5,)]
+
+
+async def _equals(found: Awaitable[Any], expected: Any) -> bool:
+    return bool(await found == expected)
+
+
 async def test_all_consumers_are_sampled_beyond_one_page(nats_server, database_url, unique):
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
@@ -175,7 +217,8 @@ async def test_sampler_announces_changes_and_survives_outages(
     first, quiet = samples[0].streams[stream], samples[2].streams[stream]
     assert first["consumers"] == {
         "w": {"lag": 0, "num_pending": 0, "num_ack_pending": 0, "num_redelivered": 0,
-              "num_waiting": 0, "delivered_stream_seq": 0, "ack_floor_stream_seq": 0}
+              "num_waiting": 0, "delivered_stream_seq": 0, "ack_floor_stream_seq": 0,
+              "ack_floor_consumer_seq": 0}
     }  # fmt: skip
     assert quiet["consumers"] == {}  # nothing changed: nothing announced
     before = len(samples)

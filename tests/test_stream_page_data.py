@@ -70,7 +70,8 @@ def _samples(db: None) -> Stream:
     for i in range(25 * 720):  # every 5 s, newest first
         ts = NOW - timedelta(seconds=5 * i)
         rows.append(ConsumerSample(ts=ts, stream=stream, consumer="app", num_pending=i % 500,
-                                   num_ack_pending=1, ack_floor_stream_seq=100_000 - i,
+                                   num_ack_pending=1, ack_floor_stream_seq=1_000_000 - 10 * i,
+                                   ack_floor_consumer_seq=100_000 - i,
                                    downsampled=ts < NOW - timedelta(hours=24)))  # fmt: skip
         rows.append(ConsumerSample(ts=ts, stream=stream, consumer="other", num_pending=7))
     ConsumerSample.objects.bulk_create(rows, batch_size=5000)
@@ -121,9 +122,12 @@ def test_the_consumer_charts_carry_its_counters_and_ack_rate(db):
     assert list(counters.series) == ["pending", "ack pending", "redelivered", "waiting"]
     assert counters.series["pending"][-1] == 0 and counters.series["ack pending"][-1] == 1
     assert rates.unit == "msg/s" and rates.series["acks"][0] is None
-    assert rates.series["acks"][1:] == [pytest.approx(0.2)] * (len(rates.t) - 1)  # 1 per 5 s
+    # 1 delivery acked per 5 s, while the floor's stream sequence passes 10 (other subjects')
+    assert rates.series["acks"][1:] == [pytest.approx(0.2)] * (len(rates.t) - 1)
     assert charts.recent_ack_rate(stream.id, "app", NOW) == pytest.approx(0.2)
     assert charts.recent_ack_rate(stream.id, "nobody", NOW) is None
+    # samples from before the consumer sequence was kept: unknown, not a rate from nothing
+    assert charts.recent_ack_rate(stream.id, "other", NOW) is None
 
 
 def test_an_unknown_range_falls_back_to_the_default():

@@ -78,13 +78,18 @@ class ConsumerOut(Schema):
     num_waiting: int
     delivered_stream_seq: int
     ack_floor_stream_seq: int
+    ack_floor_consumer_seq: int | None = Field(
+        description="the ack floor in deliveries (consumer sequence); null: not sampled yet"
+    )
     created: datetime | None
     last_seen: datetime
 
 
 class ConsumerDetailOut(ConsumerOut):
     config: dict[str, Any]
-    ack_rate: float | None = Field(description="acks/s over the last minute; null: unknown")
+    ack_rate: float | None = Field(
+        description="acks/s over the last minute: the rise of ack_floor_consumer_seq; null: unknown"
+    )
 
 
 class LagPoint(Schema):
@@ -211,6 +216,7 @@ def _consumer_out(stream: Stream, c: Consumer) -> dict[str, Any]:
         "num_redelivered": c.num_redelivered, "num_waiting": c.num_waiting,
         "delivered_stream_seq": c.delivered_stream_seq,
         "ack_floor_stream_seq": c.ack_floor_stream_seq,
+        "ack_floor_consumer_seq": c.ack_floor_consumer_seq,
         "created": c.created, "last_seen": c.last_seen,
     }  # fmt: skip
 

@@ -118,7 +118,7 @@ def consumer_charts(stream_id: int, name: str, range_key: str, now: datetime
                     ) -> tuple[Chart, Chart]:  # fmt: skip
     """(the consumer's counters, its ack rate) over the range. Counters: each bucket's highest.
     Ack rate: from each bucket's last ack floor (the floor only grows) and its time."""
-    select = ", ".join(f"max({col})" for _, col in COUNTER_SERIES) + ", max(ack_floor_stream_seq)"
+    select = ", ".join(f"max({col})" for _, col in COUNTER_SERIES) + ", max(ack_floor_consumer_seq)"
     rows = _bucketed(select, stream_id, [name], range_key, now)
     times = [r[2] for r in rows]
     counters = Chart(
@@ -131,9 +131,10 @@ def consumer_charts(stream_id: int, name: str, range_key: str, now: datetime
 
 
 def ack_rate(t0: float, floor0: int, t1: float, floor1: int) -> float | None:
-    """Messages acknowledged per second between two samples: the ack floor's rise over the time
-    between them. None when it cannot be said: no time passed, or the floor went back (the
-    consumer was recreated, or the stream purged)."""
+    """Acknowledgements per second between two samples: the rise of the ack floor's consumer
+    sequence (deliveries, not stream sequences: a filtered consumer's stream sequence also
+    passes other subjects' messages) over the time between them. None when it cannot be said:
+    no time passed, or the floor went back (the consumer was recreated)."""
     dt = t1 - t0
     if dt <= 0 or floor1 < floor0:
         return None
@@ -155,12 +156,14 @@ def recent_ack_rate(stream_id: int, name: str, now: datetime,
     """The ack rate over the last `window`: from the oldest to the newest sample in it."""
     with connection.cursor() as cur:
         cur.execute(
-            "(SELECT extract(epoch FROM ts)::float8, ack_floor_stream_seq "
+            "(SELECT extract(epoch FROM ts)::float8, ack_floor_consumer_seq "
             " FROM flowscope_consumer_sample WHERE stream_id = %s AND consumer = %s "
-            " AND ts > %s AND ts <= %s ORDER BY ts LIMIT 1) UNION ALL "
-            "(SELECT extract(epoch FROM ts)::float8, ack_floor_stream_seq "
+            " AND ts > %s AND ts <= %s AND ack_floor_consumer_seq IS NOT NULL "
+            " ORDER BY ts LIMIT 1) UNION ALL "
+            "(SELECT extract(epoch FROM ts)::float8, ack_floor_consumer_seq "
             " FROM flowscope_consumer_sample WHERE stream_id = %s AND consumer = %s "
-            " AND ts > %s AND ts <= %s ORDER BY ts DESC LIMIT 1)",
+            " AND ts > %s AND ts <= %s AND ack_floor_consumer_seq IS NOT NULL "
+            " ORDER BY ts DESC LIMIT 1)",
             [stream_id, name, now - window, now] * 2,
         )
         rows = cur.fetchall()
