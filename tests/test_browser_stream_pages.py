@@ -77,6 +77,20 @@ def _charts_alive(page) -> tuple[int, int]:
     return alive, elements
 
 
+# The widest table's box at 390 px: its hint before and after scrolling to its end, and the
+# mask (the fade) while there was more to the right. One evaluation: pushes may patch it anytime.
+SCROLL_HINTS = """async () => {
+    const frames = () => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+    await frames();
+    const box = [...document.querySelectorAll('.table-scroll')]
+        .sort((a, b) => (b.scrollWidth - b.clientWidth) - (a.scrollWidth - a.clientWidth))[0];
+    const before = box.dataset.more, mask = getComputedStyle(box).maskImage;
+    box.scrollLeft = box.scrollWidth;
+    await frames();
+    return [before, box.dataset.more, mask];
+}"""
+
+
 def test_stream_and_consumer_pages_draw_their_charts_at_1280_and_390_px(
     web, page, alice, nats_server, database_url, unique, tmp_path
 ):
@@ -117,6 +131,12 @@ def test_stream_and_consumer_pages_draw_their_charts_at_1280_and_390_px(
                         "getComputedStyle(document.querySelector('.table-scroll')).overflowX"
                     )
                     assert overflow == "auto"
+                    # and say so: the edge with more of the table fades (static/js/scroll.js)
+                    before, after, mask = page.evaluate(SCROLL_HINTS)
+                    assert (before, after) == ("right", "left"), (before, after)
+                    assert "gradient" in mask
+                if width == 1280:  # a table that fits has no hint
+                    assert page.locator(".table-scroll[data-more]").count() == 0
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / f"{name}_page_{width}.png"), full_page=True)
         consumer_text = page.locator("#consumer-state").inner_text()
