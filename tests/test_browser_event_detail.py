@@ -14,7 +14,7 @@ from eventbus.observers import ObserverSettings
 from tests.conftest import ARTIFACTS
 from tests.taputil import eventually, in_thread, query, tap_running
 from tests.test_browser_streams import _log_in
-from tests.webutil import no_page_overflow
+from tests.webutil import no_page_overflow, wait_js
 
 pytestmark = pytest.mark.browser
 
@@ -96,7 +96,7 @@ def test_the_event_page_highlights_json_switches_views_and_loads_the_full_payloa
     page.set_viewport_size({"width": 1280, "height": 900})
     page.goto(url)
     page.locator("#nats-pub button[data-copy]").click()
-    page.wait_for_function("document.querySelector('#nats-pub button').textContent === 'Copied'")
+    wait_js(page, "document.querySelector('#nats-pub button').textContent === 'Copied'")
     copied = page.evaluate("navigator.clipboard.readText()")
     assert copied == page.locator("#pub-command").inner_text()
     assert (

@@ -12,7 +12,7 @@ from tests.conftest import ARTIFACTS
 from tests.taputil import in_thread
 from tests.test_browser_streams import _log_in
 from tests.test_topology_page import _flow
-from tests.webutil import no_page_overflow
+from tests.webutil import no_page_overflow, wait_js
 
 pytestmark = pytest.mark.browser
 
@@ -42,6 +42,19 @@ REMOVE_PUBLISHERS = """() => {
 }"""
 
 
+# Each kind's mean y on the graph: the ranks' order down the page
+RANKS = """() => {
+  const out = {}, n = {};
+  window.flowscopeTopology.cy.nodes().forEach(node => {
+    const k = node.data("kind");
+    out[k] = (out[k] || 0) + node.position().y;
+    n[k] = (n[k] || 0) + 1;
+  });
+  for (const k in out) out[k] /= n[k];
+  return out;
+}"""
+
+
 def test_the_graph_draws_keeps_positions_on_update_and_opens_pages(
     web, page, alice, nats_server, database_url, unique
 ):
@@ -49,9 +62,7 @@ def test_the_graph_draws_keeps_positions_on_update_and_opens_pages(
     in_thread(_flow(nats_server.url, database_url, u))
     _log_in(page, web, alice)
     page.goto(web + "/topology/")
-    page.wait_for_function(
-        "window.flowscopeTopology && window.flowscopeTopology.cy.nodes().length > 0"
-    )
+    wait_js(page, "window.flowscopeTopology && window.flowscopeTopology.cy.nodes().length > 0")
     assert page.locator("#topology-graph canvas").count() > 0
     listed = page.locator("#topology-list li.topo-node").count()
     drawn = page.evaluate("window.flowscopeTopology.cy.nodes().length")
@@ -74,9 +85,7 @@ def test_the_graph_draws_keeps_positions_on_update_and_opens_pages(
     edge = {"id": f"{subject}->{new['id']}", "source": subject, "target": new["id"], "label": "1/s"}
     extra = {"nodes": [{"data": new}], "edges": [{"data": edge}]}
     page.evaluate(SWAP, extra)
-    page.wait_for_function(
-        f"window.flowscopeTopology.cy.getElementById({json.dumps(new['id'])}).nonempty()"
-    )
+    wait_js(page, f"window.flowscopeTopology.cy.getElementById({json.dumps(new['id'])}).nonempty()")
     after = page.evaluate("window.flowscopeTopology.positions()")
     assert set(after) == set(before) | {new["id"]}
     for node, pos in before.items():
@@ -101,9 +110,7 @@ def test_the_graph_draws_keeps_positions_on_update_and_opens_pages(
         )
     # a vanished node goes, the others stay put
     page.evaluate(REMOVE_PUBLISHERS)
-    page.wait_for_function(
-        "window.flowscopeTopology.cy.nodes('[kind = \"publisher\"]').length === 0"
-    )
+    wait_js(page, "window.flowscopeTopology.cy.nodes('[kind = \"publisher\"]').length === 0")
     assert page.evaluate("window.flowscopeTopology.positions()")[stream_id] == pytest.approx(
         before[stream_id]
     )
@@ -129,17 +136,40 @@ def test_the_page_fits_a_phone(web, page, alice, nats_server, database_url, uniq
     page.set_viewport_size({"width": 390, "height": 844})
     _log_in(page, web, alice)
     page.goto(web + "/topology/")
-    page.wait_for_function(
-        "window.flowscopeTopology && window.flowscopeTopology.cy.nodes().length > 0"
-    )
+    wait_js(page, "window.flowscopeTopology && window.flowscopeTopology.cy.nodes().length > 0")
     # the page's own content fits (the top bar is base.html's, fixed with issue #12's header)
     widths = page.evaluate("""() => [...document.querySelectorAll('.topology, .topology *')]
         .map(e => e.getBoundingClientRect().right)""")
     assert max(widths) <= 390
     assert page.locator("#topology-list").is_visible()
-    no_page_overflow(page)  # and the whole page, the top bar's navigation in view
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "topology-390.png"), full_page=True)
+    # the graph's ranks go top to bottom on a phone, at a size one can read
+    topology = "window.flowscopeTopology"
+    assert page.evaluate(f"{topology}.rankDir") == "TB"
+    ranks = page.evaluate(RANKS)
+    kinds = ["publisher", "subject", "stream", "consumer"]  # (a micro service answers a subject)
+    assert [ranks[k] for k in kinds] == sorted(ranks[k] for k in kinds)
+    zoom = page.evaluate(f"{topology}.cy.zoom()")
+    assert zoom >= 0.8, f"drawn at {zoom:.2f} of its size"  # its labels readable, panned
+    # a new node goes below its subject, the others stay put
+    before = page.evaluate(f"{topology}.positions()")
+    subject = f"subject:flow{unique}.orders.>"
+    new = {"id": f"stream:NEW_{unique}", "kind": "stream", "label": f"NEW_{unique}",
+           "detail": "", "url": "", "health": "ok", "health_text": ""}  # fmt: skip
+    edge = {"id": f"{subject}->{new['id']}", "source": subject, "target": new["id"], "label": ""}
+    page.evaluate(SWAP, {"nodes": [{"data": new}], "edges": [{"data": edge}]})
+    wait_js(page, f"{topology}.cy.getElementById({json.dumps(new['id'])}).nonempty()")
+    after = page.evaluate(f"{topology}.positions()")
+    assert all(after[n] == pytest.approx(p, abs=0.01) for n, p in before.items())
+    assert after[new["id"]]["y"] > after[subject]["y"]
+    # wider than a phone: left to right again
+    page.set_viewport_size({"width": 1280, "height": 844})
+    wait_js(page, f"{topology}.rankDir === 'LR'")
+    ranks = page.evaluate(RANKS.replace(".y", ".x"))
+    assert [ranks[k] for k in kinds] == sorted(ranks[k] for k in kinds)
+    page.set_viewport_size({"width": 390, "height": 844})
+    no_page_overflow(page)  # and the whole page, the top bar's navigation in view
     page.goto(web + "/")  # the overview: its wide tables scroll in their own boxes
     page.wait_for_selector("#streams-section")
     no_page_overflow(page)

@@ -11,7 +11,7 @@ from tests.conftest import ARTIFACTS
 from tests.taputil import in_thread
 from tests.test_browser_streams import _log_in
 from tests.test_traces import MARKUP_SERVICE, TRACE, Flow, record_flow
-from tests.webutil import no_page_overflow
+from tests.webutil import no_page_overflow, wait_js
 
 pytestmark = pytest.mark.browser
 
@@ -35,7 +35,7 @@ def test_the_journey_page_draws_the_waterfall_and_graph_and_opens_an_event(
     for width in (1280, 390):
         page.set_viewport_size({"width": width, "height": 900})
         page.goto(url)
-        page.wait_for_function("window.flowscopeTrace && window.flowscopeTrace.cy")
+        wait_js(page, "window.flowscopeTrace && window.flowscopeTrace.cy")
         # the graph: one node per service, drawn on canvas, edges as the waterfall's "follows"
         assert page.locator("#trace-graph canvas").count() > 0
         nodes = page.evaluate("window.flowscopeTrace.cy.nodes().map(n => n.id())")
@@ -81,9 +81,9 @@ def test_the_journey_page_draws_the_waterfall_and_graph_and_opens_an_event(
     # clicking a service in the graph goes to its first event's row
     page.set_viewport_size({"width": 1280, "height": 900})
     page.goto(url)
-    page.wait_for_function("window.flowscopeTrace && window.flowscopeTrace.cy")
+    wait_js(page, "window.flowscopeTrace && window.flowscopeTrace.cy")
     page.evaluate("window.flowscopeTrace.cy.getElementById('svc:payments').emit('tap')")
-    page.wait_for_function("window.location.hash === '#step-3'")
+    wait_js(page, "window.location.hash === '#step-3'")
     # and an event's subject opens the event, whose trace links back here
     page.locator("#step-2 a.subject").click()
     page.wait_for_url(f"{web}/events/{flow.inventory}/1/")

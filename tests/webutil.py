@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -57,3 +58,17 @@ def no_page_overflow(page: Any) -> None:
         viewport,
     )
     assert not cut, f"navigation cut off at {viewport}px: {cut}"
+
+
+def wait_js(page: Any, expression: str, timeout: float = 10.0) -> None:
+    """Until a JavaScript expression in the page is truthy, polled from here.
+    (Playwright's wait_for_function evaluates its predicate inside the page with eval() once
+    the first try fails, which the pages' Content-Security-Policy refuses: it passes only when
+    the condition already holds.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        if page.evaluate(f"!!({expression})"):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s in the page: {expression}")
+        time.sleep(0.05)

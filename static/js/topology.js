@@ -1,5 +1,7 @@
 /* The topology graph: Cytoscape.js with the dagre layout, fed by #topology-data (JSON that is
-   never executed). The first non-empty graph is laid out by dagre, left to right; after that,
+   never executed). The first non-empty graph is laid out by dagre, left to right (top to bottom
+   in a box narrower than NARROW px: a phone's five ranks side by side would be unreadable,
+   one under the other they keep a readable size; crossing that width lays it out anew); after that,
    when the server replaces #topology-data (an htmx out-of-band swap), the diff is applied: new
    nodes are placed next to their neighbours, vanished ones removed, labels and health updated,
    and no existing node moves. A node with dead letters waiting is drawn red with a double
@@ -9,6 +11,9 @@
   "use strict";
 
   var KIND_RANK = { publisher: 0, subject: 1, stream: 2, consumer: 3, service: 4 };
+  var NARROW = 600; // px: below it the ranks go top to bottom
+  var READABLE = 0.8; // the least zoom a narrow graph is drawn at (labels of 11 px: 9 px); wider
+  // than its box then, it is panned to its top and middle, and drags and pinches show the rest
   var HEALTH = {
     ok: { fill: "#f8fafc", line: "#94a3b8" },
     warn: { fill: "#fef3c7", line: "#d97706" },
@@ -87,6 +92,7 @@
 
   function Topology(container, source) {
     this.container = container;
+    this.rankDir = this.direction();
     this.source = source;
     this.lastText = null;
     this.laidOut = false;
@@ -152,11 +158,35 @@
     return true;
   };
 
+  /* "TB" in a narrow box, else the page's data-rank-dir (LR). */
+  Topology.prototype.direction = function () {
+    if (this.container.clientWidth && this.container.clientWidth < NARROW) return "TB";
+    return this.container.dataset.rankDir || "LR";
+  };
+
+  /* The axis ranks follow ("x" left to right, "y" top to bottom) and the one across them. */
+  Topology.prototype.axes = function () {
+    return this.rankDir === "TB"
+      ? { rank: "y", across: "x", rankSize: "height", acrossSize: "width" }
+      : { rank: "x", across: "y", rankSize: "width", acrossSize: "height" };
+  };
+
+  /* After a resize: the same graph, laid out anew only if the direction changed. */
+  Topology.prototype.resize = function () {
+    this.cy.resize();
+    var dir = this.direction();
+    if (dir !== this.rankDir) {
+      this.rankDir = dir;
+      if (this.cy.nodes().length) this.layoutAll();
+    }
+  };
+
   Topology.prototype.layoutAll = function () {
     this.laidOut = true;
+    this.container.dataset.laidOut = this.rankDir;
     this.cy.layout({
       name: "dagre",
-      rankDir: this.container.dataset.rankDir || "LR",
+      rankDir: this.rankDir,
       rankSep: this.rankSep,
       nodeSep: this.nodeSep,
       edgeSep: 8,
@@ -164,11 +194,19 @@
       padding: 24,
       animate: false,
     }).run();
+    var cy = this.cy;
+    if (this.rankDir === "TB" && cy.zoom() < READABLE) {
+      cy.zoom(READABLE);
+      var streams = cy.nodes("[kind = 'stream']");  // the middle of the flow, in the middle
+      cy.center(streams.nonempty() ? streams : cy.elements());
+      var top = cy.elements().renderedBoundingBox().y1;
+      if (top < 24) cy.panBy({ x: 0, y: 24 - top });
+    }
   };
 
-  /* New nodes go beside their already placed neighbours (one rank to the right of their
-     sources, or to the left of their targets), then down until they overlap nothing. No
-     other node moves. */
+  /* New nodes go beside their already placed neighbours (one rank after their sources, or
+     before their targets), then across the ranks until they overlap nothing. No other node
+     moves. */
   Topology.prototype.place = function (added) {
     var self = this;
     var placed = {};
@@ -184,6 +222,8 @@
 
   Topology.prototype.guess = function (n, placed) {
     var self = this;
+    var a = this.axes();
+    var size = { width: nodeWidth(n), height: 30 };
     var ins = n.incomers("node").filter(function (m) { return placed[m.id()]; });
     var outs = n.outgoers("node").filter(function (m) { return placed[m.id()]; });
     function mean(nodes, axis) {
@@ -191,31 +231,41 @@
       nodes.forEach(function (m) { sum += m.position(axis); });
       return sum / nodes.length;
     }
+    function at(rank, across) {
+      var pos = {};
+      pos[a.rank] = rank;
+      pos[a.across] = across;
+      return pos;
+    }
     if (ins.length) {
-      var right = Math.max.apply(null, ins.map(function (m) { return m.position("x") + m.width() / 2; }));
-      return { x: right + self.rankSep + nodeWidth(n) / 2, y: mean(ins, "y") };
+      var after = Math.max.apply(null, ins.map(function (m) { return m.position(a.rank) + m[a.rankSize]() / 2; }));
+      return at(after + self.rankSep + size[a.rankSize] / 2, mean(ins, a.across));
     }
     if (outs.length) {
-      var left = Math.min.apply(null, outs.map(function (m) { return m.position("x") - m.width() / 2; }));
-      return { x: left - self.rankSep - nodeWidth(n) / 2, y: mean(outs, "y") };
+      var before = Math.min.apply(null, outs.map(function (m) { return m.position(a.rank) - m[a.rankSize]() / 2; }));
+      return at(before - self.rankSep - size[a.rankSize] / 2, mean(outs, a.across));
     }
     var same = this.cy.nodes().filter(function (m) { return placed[m.id()] && m.data("kind") === n.data("kind"); });
     var bb = this.cy.nodes().filter(function (m) { return placed[m.id()]; }).boundingBox();
-    if (same.length) return { x: mean(same, "x"), y: bb.y2 + 40 };
-    return { x: isFinite(bb.x1) ? bb.x1 + KIND_RANK[n.data("kind")] * 200 : 0, y: isFinite(bb.y2) ? bb.y2 + 40 : 0 };
+    var end = a.across === "y" ? bb.y2 : bb.x2, start = a.rank === "x" ? bb.x1 : bb.y1;
+    if (same.length) return at(mean(same, a.rank), end + 40);
+    return at(isFinite(start) ? start + KIND_RANK[n.data("kind")] * 200 : 0, isFinite(end) ? end + 40 : 0);
   };
 
   Topology.prototype.free = function (n, pos, placed) {
-    var w = nodeWidth(n), h = 30, gap = this.nodeSep;
+    var a = this.axes();
+    var size = { width: nodeWidth(n), height: 30 }, gap = this.nodeSep;
     var others = this.cy.nodes().filter(function (m) { return m !== n && placed[m.id()]; });
     for (var i = 0; i < 500; i++) {
       var clash = false;
       others.forEach(function (m) {
         var p = m.position();
-        if (Math.abs(p.x - pos.x) < (m.width() + w) / 2 + gap && Math.abs(p.y - pos.y) < (m.height() + h) / 2 + gap) clash = true;
+        if (Math.abs(p.x - pos.x) < (m.width() + size.width) / 2 + gap && Math.abs(p.y - pos.y) < (m.height() + size.height) / 2 + gap) clash = true;
       });
       if (!clash) return pos;
-      pos = { x: pos.x, y: pos.y + h + gap };
+      var next = { x: pos.x, y: pos.y };
+      next[a.across] += size[a.acrossSize] + gap;
+      pos = next;
     }
     return pos;
   };
@@ -255,7 +305,7 @@
     // and htmx:load on new content; either may come first, apply() ignores a repeat.
     document.addEventListener("htmx:oobAfterSwap", refresh);
     document.addEventListener("htmx:load", refresh);
-    window.addEventListener("resize", function () { topology.cy.resize(); });
+    window.addEventListener("resize", function () { topology.resize(); });
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
