@@ -125,6 +125,11 @@ def test_stream_and_consumer_pages_draw_their_charts_at_1280_and_390_px(
                     assert x and all(re.fullmatch(r"\d\d:\d\d(:\d\d)?", v) for v in x), x
                     assert y and all(re.fullmatch(r"[\d,.]+( [kMG])?", v) for v in y), y
                     assert "." not in "".join(y), y  # no tick at 0.2 of a message
+                    # the subjects get a row of their own in the configuration
+                    share = page.evaluate("""() => {
+                        const d = document.querySelector('#config > div.wide');
+                        return d.getBoundingClientRect().width / d.parentElement.clientWidth; }""")
+                    assert share > 0.9
                 if width == 390 and name == "stream":  # tables scroll inside their own box
                     # one query in the page: live pushes replace these elements any moment
                     overflow = page.evaluate(
@@ -141,6 +146,11 @@ def test_stream_and_consumer_pages_draw_their_charts_at_1280_and_390_px(
                 page.screenshot(path=str(ARTIFACTS / f"{name}_page_{width}.png"), full_page=True)
         consumer_text = page.locator("#consumer-state").inner_text()
         assert "pending + ack pending" in consumer_text and "msg/s" in consumer_text
+        # the y axis tells small rates' ticks apart (the demo's ack rate read 0.1, 0.1, 0.1)
+        ticks = "([vals, incr]) => window.flowscopeCharts.tickLabels(vals, incr)"
+        assert page.evaluate(ticks, [[0, 0.05, 0.1, 0.15], 0.05]) == ["0.00", "0.05", "0.10", "0.15"]
+        assert page.evaluate(ticks, [[0, 0.5, 1], 0.5]) == ["0.0", "0.5", "1.0"]
+        assert page.evaluate(ticks, [[0, 2000, 4000], 2000]) == ["0", "2,000", "4,000"]
 
         # htmx (base.html will load it; here the test adds it): the range control swaps the
         # chart region, keeps the range in the address, and leaves no chart behind

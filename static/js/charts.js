@@ -47,6 +47,17 @@
     return v.toFixed(1);
   }
 
+  // A y axis' tick labels: under 1 apart, as many decimals as the step needs (0.05 apart:
+  // 0.05, 0.10, 0.15; not 0.1, 0.1, 0.1), else as formatNumber writes them.
+  function tickLabels(vals, incr) {
+    if (!(incr > 0 && incr < 1)) return vals.map(formatNumber);
+    var decimals = Math.min(6, Math.ceil(-Math.log10(incr) - 1e-9));
+    return vals.map(function (v) {
+      if (v == null || Math.abs(v) >= 1e4) return formatNumber(v);
+      return v.toFixed(decimals);
+    });
+  }
+
   // Tick steps for counts: whole numbers only (1, 2, 5, 10, 20, 50, ...).
   var COUNT_STEPS = [];
   for (var p = 1; p <= 1e12; p *= 10) COUNT_STEPS.push(p, 2 * p, 5 * p);
@@ -94,7 +105,7 @@
     var yAxis = {
       stroke: "#475569", size: 60, label: unit, labelSize: 18, labelFont: "12px system-ui",
       grid: { stroke: "#eef2f7", width: 1 }, ticks: { stroke: "#e5e7eb" },
-      values: function (u, vals) { return vals.map(formatNumber); },
+      values: function (u, vals, axis, space, incr) { return tickLabels(vals, incr); },
     };
     if (unit === "messages") yAxis.incrs = COUNT_STEPS; // counts: no tick at 0.2 of a message
     return {
@@ -310,6 +321,7 @@
       return c ? c.plot.axes.map(function (a) { return a._values || []; }) : null;
     },
     // for live.js, which patches a pushed region in place or, when it cannot, keeps its charts
+    tickLabels: tickLabels,
     accepts: accepts,
     update: update,
     keep: keepCharts,
