@@ -202,6 +202,44 @@ def test_web_requests_and_their_queries_are_traced_and_logged_with_the_trace_id(
     assert not_found["level"] == "warning" and not_found["logger"] == "django.request"
 
 
+def test_live_sockets_and_renders_are_traced_each_render_with_its_queries(
+    database_url, nats_server, tmp_path
+):
+    """A socket's connect is a server span, the renders it asks for its children; the hub's
+    own renders (here its periodic refresh) are traces of their own, never children of the
+    socket that started the hub; every query of a render is the render's child."""
+    from tests.test_metrics import _open_socket
+
+    with otlp_receiver() as receiver:
+        env = {"DATABASE_URL": database_url, "NATS_URL": nats_server.url,
+               "FLOWSCOPE_PUBLIC_READ": "1", **exporting_to(receiver.url)}  # fmt: skip
+        with daphne(env, tmp_path / "daphne.log") as web:
+            ws = _open_socket(web)
+            try:
+
+                def named(name: str) -> Any:
+                    return lambda spans: [s for s in spans if s.name == name]
+
+                [connect] = receiver.wait_for(named("websocket connect"), what="the connect")
+                renders = receiver.wait_for(
+                    lambda spans: len(named("live render overview")(spans)) >= 2 and
+                    named("live render overview")(spans), timeout=20, what="two renders"
+                )  # fmt: skip
+            finally:
+                ws.close()
+            spans = receiver.received()
+    assert connect.kind == SERVER and connect.service == "flowscope-web"
+    assert connect.attributes["flowscope.live.topics"] == ["overview"]
+    first, *later = renders
+    assert (first.trace_id, first.parent_span_id) == (connect.trace_id, connect.span_id)
+    assert later and all(r.trace_id != connect.trace_id and not r.parent_span_id for r in later)
+    for render in renders:
+        queries = [s for s in spans if s.kind == CLIENT and s.parent_span_id == render.span_id]
+        assert queries and all(q.trace_id == render.trace_id for q in queries)
+    # no query of a render was left a root span of its own
+    assert not [s for s in spans if s.kind == CLIENT and not s.parent_span_id]
+
+
 def test_the_web_process_without_otel_variables_exports_nothing_and_says_nothing(
     database_url, nats_server, tmp_path
 ):

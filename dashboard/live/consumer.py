@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from opentelemetry import trace
 
 from dashboard import roles
-from dashboard.live.hub import Parts, group_name, hub
+from dashboard.live.hub import Parts, group_name, hub, tracer
 from dashboard.live.topics import parse_topics
 
 log = logging.getLogger("flowscope.live")
@@ -45,13 +47,21 @@ clients = 0  # open sockets in this process (for /metrics)
 
 class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def connect(self) -> None:
+        with tracer.start_as_current_span("websocket connect", kind=trace.SpanKind.SERVER) as span:
+            span.set_attribute("url.path", self.scope.get("path", ""))
+            await self._connect(span)
+
+    async def _connect(self, span: trace.Span) -> None:
         user = self.scope.get("user")
         if not await database_sync_to_async(roles.can)(user, "browse"):
+            span.set_attribute("flowscope.live.refused", "not allowed")
             await self.close()  # before accept: the handshake is refused (HTTP 403)
             return
         query = self.scope.get("query_string", b"").decode("latin-1")
         self.topics = parse_topics(query)
+        span.set_attribute("flowscope.live.topics", sorted(self.topics))
         if not self.topics:
+            span.set_attribute("flowscope.live.refused", "no topics")
             await self.close()
             return
         global clients
@@ -68,7 +78,10 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         for topic in self.topics:
             await self.channel_layer.group_add(group_name(topic), self.channel_name)
             self.live.watch(topic)
-        self.flusher = asyncio.create_task(self._flush(), name="live socket")
+        # (outside the connect's span: the socket's sends are not part of it)
+        self.flusher = asyncio.create_task(
+            self._flush(), name="live socket", context=contextvars.Context()
+        )
         for topic in self.topics:  # (re)sync: the state now, without waiting for a change
             parts = await self.live.render(topic, fresh_for=self.live.tick)
             if parts is not None:

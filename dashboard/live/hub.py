@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -30,11 +31,15 @@ import nats
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from nats.aio.client import Client
+from opentelemetry import trace
 
 from dashboard.live.topics import renderer
 from eventbus.natsconn import servers, shown
 
 log = logging.getLogger("flowscope.live")
+# Each render is a span (`live render <kind>`), its queries its children: a trace per render,
+# not a root span per query; a socket's connect is one too (`websocket connect`, consumer.py).
+tracer = trace.get_tracer("flowscope.live")
 
 # A rendered topic is the concatenation of its partials' roots, each start tag marked
 # `hx-swap-oob` (no root nests another). Attribute values are escaped (a `>` in one is `&gt;`),
@@ -187,8 +192,11 @@ class LiveHub:
             return cached[1]
         self.renders += 1
         started = time.perf_counter()
-        html = await sync_to_async(self.render_sync, thread_sensitive=False)(topic)
         kind = topic.partition(":")[0]
+        with tracer.start_as_current_span(
+            f"live render {kind}", attributes={"flowscope.live.topic": topic}
+        ):  # (sync_to_async runs the render in the span's context: its queries are children)
+            html = await sync_to_async(self.render_sync, thread_sensitive=False)(topic)
         spent = time.perf_counter() - started
         self.render_seconds[kind] = self.render_seconds.get(kind, 0.0) + spent
         self.render_counts[kind] += 1
@@ -202,7 +210,11 @@ class LiveHub:
     # -- the process' one subscription ----------------------------------------------------
     def ensure_started(self) -> None:
         if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._supervise(), name="live hub")
+            # a context of its own: started by a socket's connect, it would otherwise make every
+            # render for the life of the process a child of that one connect's span
+            self.task = asyncio.get_running_loop().create_task(
+                self._supervise(), name="live hub", context=contextvars.Context()
+            )
 
     async def _supervise(self) -> None:
         """Runs for the life of the process; a failure is logged with its traceback and the
