@@ -18,6 +18,7 @@ from dashboard.live.consumer import LiveConsumer
 from dashboard.live.hub import LiveHub, dirty_topics, group_name, split_roots
 from dashboard.live.topics import parse_topic, parse_topics
 from dashboard.pages.overview import kind_of, rate_series, recent_rate, trend
+from tests.netutil import proxy_to
 
 
 def test_topics_are_only_what_a_page_shows():
@@ -247,6 +248,35 @@ async def test_the_hub_survives_a_nats_restart(live_hub, nats_server):
         assert time.monotonic() < deadline, "no push after NATS came back"
     await nc.close()
     await socket.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_the_hub_re_syncs_when_its_own_connection_dies_and_the_server_stays_up(
+    live_hub, nats_server
+):
+    """Only the hub's connection is cut (a proxy between it and the server); the server and the
+    other clients stay up. The hub reconnects by itself, its pages are re-synced without a
+    digest (what changed meanwhile), and digests reach them again."""
+    with proxy_to(nats_server.url) as proxy:
+        live_hub.nats_url = proxy.url
+        socket = _socket(await _user("erin"))
+        assert (await socket.connect())[0]
+        await socket.receive_from(timeout=5)
+        other = await nats.connect(nats_server.url)  # a tap, say: not behind the proxy
+        while not live_hub.connected:
+            await asyncio.sleep(0.05)
+        renders = len(live_hub.renders_log)
+        assert proxy.cut() == 1
+        resynced = await socket.receive_from(timeout=10)  # no digest was sent
+        assert resynced.startswith('<div id="t" hx-swap-oob="true">overview')
+        assert len(live_hub.renders_log) > renders and proxy.accepted == 2
+        assert other.is_connected and live_hub.connected
+        await asyncio.sleep(0.3)  # (the subscription is in place again)
+        await other.publish("flowscope.digest.events", b'{"kind": "events", "streams": {}}')
+        await socket.receive_from(timeout=5)  # a digest reaches the page again
+        await other.close()
+        await socket.disconnect()
 
 
 @pytest.fixture
