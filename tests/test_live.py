@@ -279,6 +279,30 @@ async def test_the_hub_re_syncs_when_its_own_connection_dies_and_the_server_stay
         await socket.disconnect()
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_a_socket_whose_sender_dies_is_closed_and_logged_not_left_silent(
+    live_hub, nats_server, monkeypatch, caplog
+):
+    socket = _socket(await _user("fay"))
+    assert (await socket.connect())[0]
+    await socket.receive_from(timeout=5)
+
+    def broken(self, batch):
+        raise RuntimeError("a bug in the sender")
+
+    monkeypatch.setattr(LiveConsumer, "_changed", broken)
+    nc = await nats.connect(nats_server.url)
+    await asyncio.sleep(0.3)
+    await nc.publish("flowscope.digest.events", b'{"kind": "events", "streams": {}}')
+    closed = await socket.receive_output(timeout=5)
+    await nc.close()
+    assert closed == {"type": "websocket.close", "code": 1011}  # the page reconnects by itself
+    [record] = [r for r in caplog.records if "its sender failed" in r.getMessage()]
+    assert record.levelname == "ERROR" and "a bug in the sender" in str(record.exc_info[1])
+    await socket.disconnect()
+
+
 @pytest.fixture
 async def two_root_hub(nats_server, settings):
     """A hub whose topic renders two roots: `#still` never changes, `#moving` counts renders."""

@@ -82,11 +82,21 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.flusher = asyncio.create_task(
             self._flush(), name="live socket", context=contextvars.Context()
         )
+        self.flusher.add_done_callback(self._flusher_done)
         for topic in self.topics:  # (re)sync: the state now, without waiting for a change
             parts = await self.live.render(topic, fresh_for=self.live.tick)
             if parts is not None:
                 self.latest.setdefault(topic, parts)
                 self.pending.set()
+
+    def _flusher_done(self, task: asyncio.Task[None]) -> None:
+        """A sender that died must not leave a page that looks live and is not: it is logged
+        and the socket closed (code 1011), so the page reconnects by itself and re-syncs."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("live socket: its sender failed, closing it (the page reconnects)",
+                  exc_info=task.exception())  # fmt: skip
+        asyncio.get_running_loop().create_task(self.close(code=1011))
 
     async def disconnect(self, code: int) -> None:
         if not hasattr(self, "flusher"):
@@ -94,7 +104,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         global clients
         clients -= 1
         self.flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # (logged if it failed)
             await self.flusher
         for topic in self.topics:
             await self.channel_layer.group_discard(group_name(topic), self.channel_name)
