@@ -108,7 +108,12 @@ def logging_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             "console": {"class": "logging.StreamHandler", "formatter": "structured"},
         },
         "root": {"handlers": ["console"], "level": env.get("FLOWSCOPE_LOG_LEVEL", "INFO")},
-        "loggers": {"django.channels.server": {"level": "WARNING"}},
+        "loggers": {
+            "django.channels.server": {"level": "WARNING"},
+            # Django's own handlers (its plain console one with DEBUG on, mail to admins) go:
+            # its records reach the root's structured handler once
+            "django": {"handlers": [], "level": "INFO", "propagate": True},
+        },
     }
 
 

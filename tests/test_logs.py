@@ -89,6 +89,7 @@ import logging, django, structlog
 django.setup()
 logging.getLogger("flowscope.demo").warning("demo: %s", "plain logging")
 structlog.get_logger("flowscope.other").info("structlog too", orders=3)
+logging.getLogger("django.request").warning("Not Found: %s", "/no/such/page/")
 """
 
 
@@ -106,7 +107,9 @@ def test_a_django_process_logs_structured_lines_to_stderr(env, json_lines, datab
     done = subprocess.run([sys.executable, "-c", LOG_FROM_DJANGO], cwd=ROOT, env=run_env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    lines = done.stderr.splitlines()[-2:]  # after what apps say as they load (axes)
+    # once, structured: not also by Django's own console handler (it prints with DEBUG on)
+    assert done.stderr.count("Not Found: /no/such/page/") == 1, done.stderr
+    lines = done.stderr.splitlines()[-3:-1]  # after what apps say as they load (axes)
     assert len(lines) == 2, done.stderr
     if json_lines:
         first, second = (json.loads(line) for line in lines)
