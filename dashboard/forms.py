@@ -166,7 +166,8 @@ class StreamForm(ManageForm):
     name = forms.CharField(
         max_length=admin.MAX_NAME,
         required=False,
-        help_text="Letters, digits, - and _; no spaces, dots, * or >.",
+        help_text="Not allowed: spaces, dots, *, >, / or \\ (what NATS refuses); "
+        "letters, digits, - and _ are safest for tools and URLs.",
     )
     subjects = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4}),

@@ -289,6 +289,22 @@ def test_the_servers_refusals_come_back_next_to_their_fields(
     assert failed[2].detail["changes"]["retention"] == "workqueue"
 
 
+def test_the_pages_acting_on_a_stream_or_consumer_that_is_not_there_say_so(
+    nats_url: str, alice: Client, unique: str
+) -> None:
+    """Not a form to delete what does not exist: 404 with the server's words, a way back."""
+    name = f"GONE_{unique}"
+    alice.post("/streams/new/", stream_form(name, f"gone.{unique}"))
+    for url in (f"/streams/NOPE_{unique}/delete/", f"/streams/NOPE_{unique}/purge/",
+                f"/streams/{name}/consumers/nobody/delete/",
+                f"/streams/{name}/consumers/nobody/pause/"):  # fmt: skip
+        r = alice.get(url)
+        assert r.status_code == 404, url
+        page = r.content.decode()
+        assert 'id="manage-unavailable"' in page and "not found" in page.lower(), url
+    assert alice.get(f"/streams/{name}/delete/").status_code == 200  # there: the form
+
+
 def test_nats_down_is_a_clear_error_and_a_failed_audit_row(
     nats_server: EmbeddedNats, nats_url: str, alice: Client, unique: str
 ) -> None:

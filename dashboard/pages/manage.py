@@ -54,6 +54,19 @@ def _show(
     return render(request, T + template, context, status=status)
 
 
+def _missing(request: HttpRequest, stream: str, consumer: str | None = None) -> HttpResponse | None:
+    """Before showing a form that acts on a stream or consumer: the page that says it is not
+    there (404) or NATS is unreachable (503), or None when it is there."""
+    try:
+        if consumer is None:
+            jetstream.stream_info(stream)
+        else:
+            jetstream.consumer_info(stream, consumer)
+    except AdminError as exc:
+        return _unavailable(request, exc, _stream_url(stream) if consumer else reverse("overview"))
+    return None
+
+
 def _unavailable(request: HttpRequest, error: AdminError, back: str) -> HttpResponse:
     """The server could not give what a form starts from (the configuration to edit)."""
     return _show(request, "unavailable.html", {"error": error, "back": back}, status=error.status)
@@ -109,6 +122,8 @@ def stream_edit(request: HttpRequest, name: str) -> HttpResponse:
 @require("manage")
 @GET_POST
 def stream_purge(request: HttpRequest, name: str) -> HttpResponse:
+    if request.method == "GET" and (missing := _missing(request, name)):
+        return missing
     form = PurgeForm(request.POST or None, expected=name)
     status = 200
     if request.method == "POST":
@@ -129,6 +144,8 @@ def stream_purge(request: HttpRequest, name: str) -> HttpResponse:
 @require("manage")
 @GET_POST
 def stream_delete(request: HttpRequest, name: str) -> HttpResponse:
+    if request.method == "GET" and (missing := _missing(request, name)):
+        return missing
     form = ConfirmForm(request.POST or None, expected=name)
     status = 200
     if request.method == "POST":
@@ -220,6 +237,8 @@ def consumer_edit(request: HttpRequest, name: str, consumer: str) -> HttpRespons
 @require("manage")
 @GET_POST
 def consumer_pause(request: HttpRequest, name: str, consumer: str) -> HttpResponse:
+    if request.method == "GET" and (missing := _missing(request, name, consumer)):
+        return missing
     form = PauseForm(request.POST or None)
     status = 200
     if request.method == "POST":
@@ -255,6 +274,8 @@ def consumer_resume(request: HttpRequest, name: str, consumer: str) -> HttpRespo
 @require("manage")
 @GET_POST
 def consumer_delete(request: HttpRequest, name: str, consumer: str) -> HttpResponse:
+    if request.method == "GET" and (missing := _missing(request, name, consumer)):
+        return missing
     form = ConfirmForm(request.POST or None, expected=consumer)
     status = 200
     if request.method == "POST":
