@@ -60,9 +60,13 @@ def test_the_graph_draws_keeps_positions_on_update_and_opens_pages(
 ):
     u = unique
     in_thread(_flow(nats_server.url, database_url, u))
+    said: list[str] = []  # the console's warnings and errors, the page's uncaught errors
+    page.on("console", lambda m: said.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda exc: said.append(str(exc)))
     _log_in(page, web, alice)
     page.goto(web + "/topology/")
     wait_js(page, "window.flowscopeTopology && window.flowscopeTopology.cy.nodes().length > 0")
+    assert said == []
     assert page.locator("#topology-graph canvas").count() > 0
     listed = page.locator("#topology-list li.topo-node").count()
     drawn = page.evaluate("window.flowscopeTopology.cy.nodes().length")

@@ -28,7 +28,8 @@ def test_the_journey_page_draws_the_waterfall_and_graph_and_opens_an_event(
     flow = flows[0]
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    # errors, and warnings too (the graph library warned of its settings on every load)
+    page.on("console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None)
     _log_in(page, web, alice)
     ARTIFACTS.mkdir(exist_ok=True)
     url = f"{web}/traces/{TRACE}/"

@@ -69,7 +69,6 @@
       { selector: "node[dead_letters > 0]", style: { "text-wrap": "wrap", "border-style": "double", "border-width": 4 } },
       { selector: "node[kind = 'stream']", style: { "font-weight": "bold", "background-color": function (n) { return n.data("health") === "ok" ? "#dbeafe" : HEALTH[n.data("health")].fill; } } },
       { selector: "node[kind = 'publisher'], node[kind = 'service']", style: { "font-family": "system-ui, sans-serif" } },
-      { selector: "node[url != '']", style: { cursor: "pointer" } },
       {
         selector: "edge",
         style: {
@@ -105,7 +104,6 @@
       layout: { name: "preset" },
       minZoom: 0.2,
       maxZoom: 2.5,
-      wheelSensitivity: 0.3,
       boxSelectionEnabled: false,
       autoungrabify: false,
     });
@@ -118,8 +116,9 @@
     this.cy.on("mouseover", "node", function (evt) {
       var d = evt.target.data();
       container.title = [d.label, d.detail, d.health_text].filter(Boolean).join("\n");
+      container.style.cursor = d.url ? "pointer" : "";  // (Cytoscape has no cursor style)
     });
-    this.cy.on("mouseout", "node", function () { container.title = ""; });
+    this.cy.on("mouseout", "node", function () { container.title = ""; container.style.cursor = ""; });
   }
 
   Topology.prototype.read = function () {

@@ -41,7 +41,6 @@
           "text-halign": "center",
           "text-max-width": 220,
           "text-wrap": "ellipsis",
-          cursor: "pointer",
         },
       },
       {
@@ -102,9 +101,11 @@
       layout: { name: "preset" },
       minZoom: 0.3,
       maxZoom: 2,
-      wheelSensitivity: 0.3,
       boxSelectionEnabled: false,
     });
+    // (Cytoscape has no cursor style: the hand is the container's, while over a node)
+    cy.on("mouseover", "node", function () { container.style.cursor = "pointer"; });
+    cy.on("mouseout", "node", function () { container.style.cursor = ""; });
     // Left to right in the order the trace reached each service (top to bottom on a narrow
     // screen): dagre lays out the forward edges; the edges back to an earlier service (a
     // journey's cycles) are drawn after, bent, without pulling the order around.
