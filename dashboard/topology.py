@@ -271,7 +271,7 @@ def build_graph(now: datetime | None = None) -> Graph:
                 kind="stream",
                 label=s.name,
                 url=f"/streams/{quote(s.name, safe='')}/",
-                detail=f"{s.retention}, {s.messages:,} messages",
+                detail=f"{s.retention}, {s.messages:,} message{'s' * (s.messages != 1)}",
                 health="dead" if waiting else "warn" if near else "ok",
                 health_text="; ".join(problems),
                 dead_letters=waiting,

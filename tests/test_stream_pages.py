@@ -181,6 +181,18 @@ def test_unknown_streams_and_consumers_are_404_pages(logged_in, db):
     assert consumer_live_html("NOPE", "old") is None
 
 
+def test_counts_of_one_are_singular(logged_in, db):
+    stream = Stream.objects.create(name="ONE", created=datetime.now(UTC), retention="limits",
+                                   messages=1)  # fmt: skip
+    Consumer.objects.create(stream=stream, name="c", last_seen=datetime.now(UTC), num_pending=1,
+                            num_waiting=1, num_redelivered=2)  # fmt: skip
+    facts = page(logged_in, "/streams/ONE/consumers/c/").by_id("consumer-state").text()
+    assert "Pending1 msgnot" in facts and "Waiting1 pullpull" in facts, facts
+    assert "Redelivered2 msgs" in facts and "Ack pending0 msgs" in facts, facts
+    state = page(logged_in, "/streams/ONE/").by_id("facts").text()
+    assert "1 msg" in state and "1 msgs" not in state, state
+
+
 def test_the_pages_need_a_login(client, db):
     Stream.objects.create(name="HERE", created=datetime.now(UTC), retention="limits")
     assert client.get("/streams/HERE/").status_code == 302
