@@ -173,6 +173,7 @@ def test_the_page_fits_a_phone(web, page, alice, nats_server, database_url, uniq
     ranks = page.evaluate(RANKS.replace(".y", ".x"))
     assert [ranks[k] for k in kinds] == sorted(ranks[k] for k in kinds)
     page.set_viewport_size({"width": 390, "height": 844})
+    wait_js(page, f"{topology}.rankDir === 'TB'")  # (its resize handler has run)
     no_page_overflow(page)  # and the whole page, the top bar's navigation in view
     page.goto(web + "/")  # the overview: its wide tables scroll in their own boxes
     page.wait_for_selector("#streams-section")
