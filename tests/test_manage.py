@@ -289,6 +289,48 @@ def test_the_servers_refusals_come_back_next_to_their_fields(
     assert failed[2].detail["changes"]["retention"] == "workqueue"
 
 
+def test_a_paused_consumer_says_until_when_and_offers_resume_not_pause(
+    nats_url: str, alice: Client, unique: str
+) -> None:
+    from dashboard.models import Consumer, Stream
+
+    name = f"P_{unique}"
+    alice.post("/streams/new/", stream_form(name, f"p.{unique}"))
+    alice.post(f"/streams/{name}/consumers/new/", {
+        "name": "worker", "deliver_policy": "all", "ack_policy": "explicit",
+        "replay_policy": "instant", "ack_wait": "30s", "max_deliver": "", "max_ack_pending": "",
+    })  # fmt: skip
+    stream = Stream.objects.create(name=name, created=timezone.now(), retention="limits")
+    Consumer.objects.create(stream=stream, name="worker", last_seen=timezone.now(),
+                            config={"durable_name": "worker"})  # as the tap stores it  # fmt: skip
+    url = f"/streams/{name}/consumers/worker/"
+
+    def actions() -> str:
+        page = alice.get(url).content.decode()
+        start = page.index('id="consumer-actions"')
+        return page[start : page.index("</nav>", start)]
+
+    assert 'id="pause-consumer"' in actions() and 'id="resume-consumer"' not in actions()
+    assert alice.post(url + "pause/", {"pause_for": "2h"}).status_code == 302
+    shown = actions()  # at once, not after the tap's next sample
+    assert 'id="resume-consumer"' in shown and 'id="pause-consumer"' not in shown
+    assert "paused until" in shown
+    assert alice.post(url + "resume/").status_code == 302
+    assert 'id="pause-consumer"' in actions() and "paused until" not in actions()
+
+
+def test_paused_until_is_a_pause_still_running():
+    from datetime import UTC, datetime
+
+    from dashboard.pages.streams import paused_until
+
+    now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    assert paused_until({"pause_until": "2026-12-03T13:00:00.123456789Z"}, now) == datetime(
+        2026, 12, 3, 13, 0, 0, 123456, tzinfo=UTC)  # fmt: skip
+    assert paused_until({"pause_until": "2026-12-03T11:00:00Z"}, now) is None  # over
+    assert paused_until({}, now) is None and paused_until(None, now) is None
+
+
 def test_the_pages_acting_on_a_stream_or_consumer_that_is_not_there_say_so(
     nats_url: str, alice: Client, unique: str
 ) -> None:

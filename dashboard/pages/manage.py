@@ -28,6 +28,7 @@ from dashboard.forms import (
     StreamForm,
 )
 from dashboard.jetstream import AdminError
+from dashboard.models import Consumer
 from dashboard.roles import require
 
 T = "dashboard/manage/"
@@ -65,6 +66,21 @@ def _missing(request: HttpRequest, stream: str, consumer: str | None = None) -> 
     except AdminError as exc:
         return _unavailable(request, exc, _stream_url(stream) if consumer else reverse("overview"))
     return None
+
+
+def _remember_pause(stream: str, consumer: str, until: datetime | None) -> None:
+    """The stored configuration says at once what the server now does (the tap's next sample,
+    within FLOWSCOPE_LAG_INTERVAL, writes the server's own), so the page offers the right
+    action on the redirect already."""
+    found = Consumer.objects.filter(stream__name=stream, stream__deleted_at__isnull=True,
+                                    name=consumer, deleted_at__isnull=True)  # fmt: skip
+    for row in found:
+        config = dict(row.config) if isinstance(row.config, dict) else {}
+        config.pop("pause_until", None)
+        if until is not None:
+            config["pause_until"] = until.isoformat().replace("+00:00", "Z")
+        row.config = config
+        row.save(update_fields=["config"])
 
 
 def _unavailable(request: HttpRequest, error: AdminError, back: str) -> HttpResponse:
@@ -252,6 +268,7 @@ def consumer_pause(request: HttpRequest, name: str, consumer: str) -> HttpRespon
             except AdminError as exc:
                 status = _failed(form, exc)
             else:
+                _remember_pause(name, consumer, until)
                 messages.success(
                     request, f"Consumer {consumer} paused until {until:%Y-%m-%d %H:%M:%S} UTC."
                 )
@@ -267,6 +284,7 @@ def consumer_resume(request: HttpRequest, name: str, consumer: str) -> HttpRespo
         jetstream.resume_consumer(request, name, consumer)
     except AdminError as exc:
         return _unavailable(request, exc, _consumer_url(name, consumer))
+    _remember_pause(name, consumer, None)
     messages.success(request, f"Consumer {consumer} resumed.")
     return redirect(_consumer_url(name, consumer))
 

@@ -25,6 +25,7 @@ from dashboard.models import Checkpoint, Consumer, Event, Gap, Stream, StreamSam
 from dashboard.pages import charts
 from dashboard.pages.facts import consumer_config_facts, stream_config_facts
 from dashboard.roles import require
+from eventbus.records import parse_nats_time
 
 STREAM_TEMPLATE = "dashboard/stream.html"
 CONSUMER_TEMPLATE = "dashboard/consumer.html"
@@ -205,6 +206,13 @@ def live_consumer(stream: Stream, name: str) -> Consumer | None:
     return stream.consumers.filter(name=name, deleted_at__isnull=True).first()
 
 
+def paused_until(config: Any, now: datetime) -> datetime | None:
+    """When a paused consumer delivers again (its configuration's pause_until, nats-server
+    2.11+), or None when it is not paused: no pause, or one that has ended (pure)."""
+    until = parse_nats_time(config.get("pause_until")) if isinstance(config, dict) else None
+    return until if until is not None and until > now else None
+
+
 def consumer_context(stream: Stream, consumer: Consumer, range_key: str,
                      now: datetime | None = None) -> dict[str, Any]:  # fmt: skip
     now = now or timezone.now()
@@ -214,6 +222,7 @@ def consumer_context(stream: Stream, consumer: Consumer, range_key: str,
         "consumer": consumer,
         "config_facts": consumer_config_facts(consumer.config),
         "ack_rate": charts.recent_ack_rate(stream.id, consumer.name, now),
+        "paused_until": paused_until(consumer.config, now),
         "dead_letters": waiting_counts(stream.name).get((stream.name, consumer.name), 0),
         "range": range_key,
         "ranges": list(charts.RANGES),
