@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -367,6 +368,18 @@ def test_the_openapi_document_and_the_docs_page_load_nothing_from_elsewhere(logg
     assert "http://" not in html and "https://" not in html  # no CDN
     assert "<script>" not in html and "<script " in html  # every script is a file
     assert html.count("<script src=") == html.count("<script")
+    assert 'id="back-to-dashboard" href="/"' in html  # a way back
+    assert 'style="' not in html  # (the CSP allows no inline style)
+
+
+def test_every_page_links_the_pages_the_top_bar_has_no_room_for(logged_in, db):
+    """Traces, replay jobs, API tokens, the API docs and metrics: each in the footer, each there."""
+    page = logged_in.get("/").content.decode()
+    footer = page[page.index('<footer class="site-foot">') : page.index("</footer>")]
+    links = re.findall(r'href="([^"]+)"', footer)
+    assert links == ["/traces/", "/replays/", "/tokens/", "/api/docs", "/metrics"]
+    for link in links:
+        assert logged_in.get(link).status_code == 200, link
 
 
 def test_a_path_under_api_that_names_no_operation_is_a_json_404(logged_in, client, db):

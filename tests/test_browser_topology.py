@@ -156,6 +156,12 @@ def test_the_page_fits_a_phone(web, page, alice, nats_server, database_url, uniq
     assert [ranks[k] for k in kinds] == sorted(ranks[k] for k in kinds)
     zoom = page.evaluate(f"{topology}.cy.zoom()")
     assert zoom >= 0.8, f"drawn at {zoom:.2f} of its size"  # its labels readable, panned
+    # "Show all" fits the whole graph in its box
+    page.click("#topology-fit")
+    inside = page.evaluate(f"""() => {{
+        const cy = {topology}.cy, bb = cy.elements().renderedBoundingBox();
+        return bb.x1 >= 0 && bb.y1 >= 0 && bb.x2 <= cy.width() && bb.y2 <= cy.height(); }}""")
+    assert inside and page.evaluate(f"{topology}.cy.zoom()") < zoom
     # a new node goes below its subject, the others stay put
     before = page.evaluate(f"{topology}.positions()")
     subject = f"subject:flow{unique}.orders.>"

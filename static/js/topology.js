@@ -305,6 +305,9 @@
     document.addEventListener("htmx:oobAfterSwap", refresh);
     document.addEventListener("htmx:load", refresh);
     window.addEventListener("resize", function () { topology.resize(); });
+    // the whole graph in its box, however small that makes it (a phone's view is 0.8 at least)
+    var fit = document.getElementById("topology-fit");
+    if (fit) fit.addEventListener("click", function () { topology.cy.fit(topology.cy.elements(), 24); });
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
