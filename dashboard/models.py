@@ -253,7 +253,7 @@ class AuditEntry(models.Model):
     what, and how it ended. Written whether the change succeeded or failed."""
 
     class Result(models.TextChoices):
-        OK = "ok"
+        OK = "ok", "ok"
         FAILED = "failed", "failed (the server's error)"
         REFUSED = "refused", "refused (not allowed)"
 

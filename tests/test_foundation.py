@@ -227,3 +227,10 @@ def test_a_nats_server_is_logged_as_a_url_without_its_credentials():
     assert shown(urlparse("nats://alice:s3cret@10.0.0.5:4222")) == "nats://10.0.0.5:4222"
     assert shown(urlparse("tls://nats.example.com")) == "tls://nats.example.com"
     assert shown(None) == ""
+
+
+def test_the_migrations_cover_the_models(db):
+    """A model changed without its migration fails here, not on someone's `migrate`."""
+    from django.core.management import call_command
+
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)
