@@ -129,6 +129,18 @@ def test_markup_in_events_shows_as_text(logged_in: Client, recorded: str) -> Non
     assert not table.find_all("b") and not table.find_all("script")
 
 
+def test_each_rows_time_opens_its_event_like_its_sequence(logged_in: Client, recorded: str):
+    """On a phone the time is the column in view: it links where the sequence does."""
+    doc = parse(logged_in.get("/events/", {"stream": recorded}).content.decode())
+    rows = _table_rows(doc)
+    assert len(rows) == 30
+    for tr in rows:
+        time_cell, _, seq_cell = tr.find_all("td")[:3]
+        [time_link], [seq_link] = time_cell.find_all("a"), seq_cell.find_all("a")
+        assert time_link.attrs["href"] == seq_link.attrs["href"]
+        assert time_link.attrs["href"] == f"/events/{recorded}/{seq_link.text().strip()}/"
+
+
 def test_pages_go_older_without_repeating(logged_in: Client, recorded: str) -> None:
     from dashboard.pages import events
 
