@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -36,6 +37,25 @@ def _alive(pid: int) -> bool:
 def _get(url: str) -> tuple[int, str]:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.status, resp.read().decode()
+
+
+def _ready(url: str, within: float = 20.0) -> None:
+    """The probe answers 200 within `within` seconds. (A probe may say 503 for a moment on a
+    loaded machine, a check that ran out of its time budget: an orchestrator asks again too.)
+    Fails with the last answer's checks, which name what was not ready."""
+    deadline = time.monotonic() + within
+    answer = ""
+    while True:
+        try:
+            status, body = _get(url)
+            if status == 200:
+                return
+            answer = f"{status} {body}"
+        except urllib.error.HTTPError as exc:
+            answer = f"{exc.code} {exc.read().decode(errors='replace')}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} not ready within {within:.0f} s: {answer}")
+        time.sleep(0.5)
 
 
 class Run:
@@ -187,7 +207,7 @@ def test_run_serves_login_stops_cleanly_on_ctrl_c_and_keeps_its_state(tmp_path):
         urls = dict(re.findall(r"(tap|demo) (http://\S+)/metrics", second.text()))
         assert set(urls) == {"tap", "demo"}, second.text()[-3000:]
         for base in (f"http://127.0.0.1:{port}", urls["tap"], urls["demo"]):
-            assert _get(base + "/readyz")[0] == 200, base
+            _ready(base + "/readyz")
             assert "process_cpu_seconds_total" in _metrics(base + "/metrics"), base
         assert "flowscope_tap_events_ingested_total" in _metrics(urls["tap"] + "/metrics")
         assert "flowscope_demo_messages_handled_total" in _metrics(urls["demo"] + "/metrics")

@@ -96,7 +96,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         log.error("live socket: its sender failed, closing it (the page reconnects)",
                   exc_info=task.exception())  # fmt: skip
-        asyncio.get_running_loop().create_task(self.close(code=1011))
+        self.closing = asyncio.get_running_loop().create_task(self.close(code=1011))  # (kept)
 
     async def disconnect(self, code: int) -> None:
         if not hasattr(self, "flusher"):
