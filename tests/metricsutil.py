@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,22 +43,6 @@ def names(series: Series) -> set[str]:
 def probe(url: str) -> tuple[int, dict[str, Any]]:
     status, body = get(url)
     return status, json.loads(body)
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
-    """Poll `check` until it returns something truthy; AssertionError with its last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as exc:  # not listening yet
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(step)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
 
 
 def tap_process(

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import nats
@@ -15,7 +17,7 @@ import pytest
 from eventbus.embedded import free_port
 from tests.taputil import in_thread, tap_process
 from tests.test_browser_streams import _log_in
-from tests.webutil import daphne
+from tests.webutil import daphne, wait_until
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -38,15 +40,9 @@ def _recorded(page, stream: str) -> int:
     return int(cell.first.inner_text().split()[0].replace(",", ""))  # "1,234"
 
 
-def _wait(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
+def _wait(check: Callable[..., Any], timeout: float, what: str) -> Any:
+    """Polled every 50 ms: the overview test times how soon a push shows."""
+    return wait_until(check, timeout, what, step=0.05)
 
 
 def test_an_event_moves_the_overview_without_a_reload(

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from eventbus.embedded import free_port
-from tests.metricsutil import probe, stop, tap_process, wait_until
+from tests.metricsutil import probe, stop, tap_process
 from tests.taputil import ROOT
-from tests.webutil import daphne, get
+from tests.webutil import daphne, get, wait_until
 
 
 def test_readyz_names_an_unreachable_database_and_logs_the_error_only(tmp_path):

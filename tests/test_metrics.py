@@ -13,8 +13,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from eventbus.embedded import free_port
 from eventbus.httpserver import parse_port, readiness
-from tests.metricsutil import names, scrape, stop, tap_process, value, wait_until
-from tests.webutil import daphne, get
+from tests.metricsutil import names, scrape, stop, tap_process, value
+from tests.webutil import daphne, get, wait_until
 
 
 def test_readiness_is_ok_only_when_every_check_is():

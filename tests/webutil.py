@@ -8,7 +8,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,15 +60,25 @@ def no_page_overflow(page: Any) -> None:
     assert not cut, f"navigation cut off at {viewport}px: {cut}"
 
 
+def wait_until(check: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
+    """Poll `check` until it returns something truthy; AssertionError with its last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except OSError as exc:  # not listening yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(step)
+    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
+
+
 def wait_js(page: Any, expression: str, timeout: float = 10.0) -> None:
     """Until a JavaScript expression in the page is truthy, polled from here.
     (Playwright's wait_for_function evaluates its predicate inside the page with eval() once
     the first try fails, which the pages' Content-Security-Policy refuses: it passes only when
     the condition already holds.)"""
-    deadline = time.monotonic() + timeout
-    while True:
-        if page.evaluate(f"!!({expression})"):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s in the page: {expression}")
-        time.sleep(0.05)
+    wait_until(lambda: page.evaluate(f"!!({expression})"), timeout, expression, step=0.05)
