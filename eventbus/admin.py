@@ -282,7 +282,8 @@ def server_error(error: dict[str, Any]) -> AdminError:
 # --- the calls ---------------------------------------------------------------------------------
 
 
-def _rfc3339(value: datetime) -> str:
+def rfc3339(value: datetime) -> str:
+    """A time as NATS writes one (UTC, `Z`)."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -407,7 +408,7 @@ class Admin:
             raise Invalid([("until", "Give the time with its offset.")])
         if until <= datetime.now(UTC):
             raise Invalid([("until", "Pause until a time in the future.")])
-        return await self._api(f"CONSUMER.PAUSE.{stream}.{name}", {"pause_until": _rfc3339(until)})
+        return await self._api(f"CONSUMER.PAUSE.{stream}.{name}", {"pause_until": rfc3339(until)})
 
     async def resume_consumer(self, stream: str, name: str) -> dict[str, Any]:
         _check_name(stream)

@@ -30,6 +30,7 @@ from dashboard.forms import (
 from dashboard.jetstream import AdminError
 from dashboard.models import Consumer
 from dashboard.roles import require
+from eventbus.admin import rfc3339
 
 T = "dashboard/manage/"
 GET_POST = require_http_methods(["GET", "POST"])
@@ -78,7 +79,7 @@ def _remember_pause(stream: str, consumer: str, until: datetime | None) -> None:
         config = dict(row.config) if isinstance(row.config, dict) else {}
         config.pop("pause_until", None)
         if until is not None:
-            config["pause_until"] = until.isoformat().replace("+00:00", "Z")
+            config["pause_until"] = rfc3339(until)
         row.config = config
         row.save(update_fields=["config"])
 

@@ -182,7 +182,6 @@
 
   Topology.prototype.layoutAll = function () {
     this.laidOut = true;
-    this.container.dataset.laidOut = this.rankDir;
     this.cy.layout({
       name: "dagre",
       rankDir: this.rankDir,
