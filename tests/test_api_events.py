@@ -66,6 +66,7 @@ def test_pages_follow_next_without_repeats(logged_in: Client, recorded: str) -> 
         ({"stream": "NO_SUCH_STREAM"}, "stream"),
         ({"trace_id": "123"}, "trace_id"),
         ({"json": "a b=c"}, "json"),
+        ({"kind": "buckets"}, "kind"),
         ({"min_size": "big"}, "min_size"),
     ],
 )

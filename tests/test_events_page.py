@@ -199,3 +199,79 @@ def test_the_tail_renders_new_matches_and_counts_them(recorded: str, db: None) -
     assert again.by_id("tail-incoming").attrs["data-matched"] == "0"  # nothing new
     assert tail_live_html(quote("subject=a.>.b", safe="")) is None
     _tails.clear()
+
+
+async def _record_with_bucket(nats_url: str, database_url: str, stream: str) -> None:
+    """A stream of 3 events and a KV bucket of 4 writes, both recorded by a real tap."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await js.add_stream(name=stream, subjects=[f"{stream.lower()}.>"])
+    async with tap_running(nats_url, database_url):
+        kv = await js.create_key_value(bucket=f"{stream}_cfg")
+        for i in range(3):
+            await js.publish(f"{stream.lower()}.e{i}", b"{}")
+        for i in range(4):
+            await kv.put(f"k{i}", b"v")
+
+        async def all_recorded() -> Any:
+            rows = await query(
+                database_url,
+                "SELECT count(*) FROM flowscope_event e JOIN flowscope_stream s"
+                " ON s.id = e.stream_id WHERE s.name IN (%s, %s)",
+                stream,
+                f"KV_{stream}_cfg",
+            )
+            return rows[0][0] == 7
+
+        await eventually(all_recorded, 30, "7 events recorded")
+    await nc.close()
+
+
+def test_a_fresh_page_leaves_kv_writes_out_and_kind_brings_them_back(
+    logged_in: Client, database_url: str, nats_server: Any, unique: str
+) -> None:
+    """KV buckets are streams; their writes would swamp the list. A page opened with no filter
+    shows the application streams (and says so in its Kind menu); kind=all or kv shows them;
+    the pages that follow keep the kind."""
+    from dashboard.pages import events
+
+    stream = f"KB_{unique}"
+    asyncio.run(_record_with_bucket(nats_server.url, database_url, stream))
+
+    def subjects(url: str) -> tuple[list[str], Any]:
+        response = logged_in.get(url)
+        assert response.status_code == 200, response.content[:300]
+        doc = parse(response.content.decode())
+        return [tr.find_all("td")[3].text().strip() for tr in _table_rows(doc)], doc
+
+    fresh, doc = subjects("/events/")
+    assert [s for s in fresh if s.startswith(stream.lower())] == [
+        f"{stream.lower()}.e{i}" for i in (2, 1, 0)
+    ]
+    assert not [s for s in fresh if s.startswith("$KV.")]
+    kind = next(e for e in doc.by_id("filters").elements() if e.attrs.get("name") == "kind")
+    assert [o.text() for o in kind.find_all("option") if "selected" in o.attrs] == ["streams"]
+    every, _ = subjects("/events/?kind=all")
+    assert sorted(s for s in every if s.startswith("$KV.")) == [
+        f"$KV.{stream}_cfg.k{i}" for i in range(4)
+    ]
+    only, _ = subjects("/events/?kind=kv")
+    assert only and all(s.startswith("$KV.") for s in only)
+    named, _ = subjects(f"/events/?stream=KV_{stream}_cfg&kind=stream")  # a named one is whole
+    assert len(named) == 4
+
+    seen: list[str] = []
+    url = "/events/"
+    old, events.PAGE_SIZE = events.PAGE_SIZE, 2
+    try:
+        while url:
+            rows, doc = subjects(url)
+            seen += rows
+            older = _all(doc, "older")
+            url = "/events/" + older[0].attrs["href"] if older else ""
+    finally:
+        events.PAGE_SIZE = old
+    assert [s for s in seen if s.startswith(stream.lower())] == [
+        f"{stream.lower()}.e{i}" for i in (2, 1, 0)
+    ]
+    assert not [s for s in seen if s.startswith("$KV.")]

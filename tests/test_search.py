@@ -85,6 +85,7 @@ def test_the_literal_prefix_is_what_every_match_starts_with() -> None:
         ({"min_size": "10", "max_size": "5"}, "max_size"),
         ({"text": "x" * 300}, "text"),
         ({"stream": "a\x00b"}, "stream"),
+        ({"kind": "buckets"}, "kind"),
     ],
 )
 def test_it_says_which_field_is_wrong(params: dict[str, str], field: str) -> None:
@@ -253,6 +254,41 @@ def test_a_cursor_only_continues_its_own_filter(orders: Stream) -> None:
         with pytest.raises(FilterError):
             search_events(parse_filter({"stream": "ORDERS"}), cursor=bad or "x")
     assert decode_cursor(parse_filter({"stream": "ORDERS"}), page.next)["g"].endswith(":seq")
+
+
+def test_kind_keeps_kv_buckets_and_object_stores_apart(orders: Stream) -> None:
+    """KV buckets and object stores are streams (KV_*, OBJ_*): `kind` searches only the
+    application streams, only the buckets or only the stores; a named stream ignores it."""
+    old_kv = make_stream("KV_config", days_ago=2)
+    make_stream("KV_config", days_ago=1)  # a newer incarnation: the older one's events count
+    obj = make_stream("OBJ_files")
+    for plain in ("KV", "OBJ"):  # no prefix: application streams
+        make_stream(plain)
+    base = NOW - timedelta(seconds=5)
+    store(old_kv, [{"seq": 1, "ts": base, "subject": "$KV.config.a"}])
+    store(obj, [{"seq": 1, "ts": base, "subject": "$O.files.C.x"}])
+    store(Stream.objects.get(name="KV"), [{"seq": 1, "ts": base, "subject": "kv.plain"}])
+
+    def subjects_of(**params: str) -> list[str]:
+        page = search_events(parse_filter(params), limit=500, now=NOW)
+        return [i["subject"] for i in page.items]
+
+    every = subjects_of()
+    assert "$KV.config.a" in every and "$O.files.C.x" in every and len(every) == 303
+    assert subjects_of(kind="all") == every
+    streams = subjects_of(kind="stream")
+    assert (
+        len(streams) == 301
+        and "kv.plain" in streams
+        and not any(s.startswith("$") for s in streams)
+    )
+    assert subjects_of(kind="kv") == ["$KV.config.a"]
+    assert subjects_of(kind="object") == ["$O.files.C.x"]
+    assert subjects_of(kind="kv", subject="$KV.>") == ["$KV.config.a"]
+    assert subjects_of(kind="stream", subject="$KV.>") == []
+    assert subjects_of(kind="stream", stream="KV_config") == ["$KV.config.a"]
+    assert parse_filter({"kind": "stream", "stream": "ORDERS"}).kind == ""
+    assert parse_filter({"kind": "KV"}).kind == "kv"
 
 
 def test_an_unknown_stream_or_a_bad_limit_is_an_error_not_an_empty_answer(orders: Stream) -> None:

@@ -41,6 +41,11 @@ class EventQuery(PageParams):
     )
     min_size: str | None = Field(None, description="bytes")
     max_size: str | None = Field(None, description="bytes")
+    kind: str | None = Field(
+        None,
+        description="without `stream`: only streams (`stream`), KV buckets (`kv`) or object"
+        " stores (`object`); `all` or absent: every stream",
+    )
 
 
 class EventOut(Schema):

@@ -21,8 +21,9 @@ from django.shortcuts import render
 from django.template.loader import render_to_string
 
 from dashboard.models import Stream
+from dashboard.pages.overview import kind_of
 from dashboard.roles import require
-from dashboard.search import RANGES, EventFilter, FilterError, parse_filter, search_events
+from dashboard.search import KINDS, RANGES, EventFilter, FilterError, parse_filter, search_events
 from dashboard.search.query import from_micros, micros
 
 TEMPLATE = "dashboard/events.html"
@@ -31,12 +32,27 @@ TAIL_ROWS = 50  # rows a tail push carries (the page keeps up to 200: static/js/
 TAIL_NEW_MAX = 500  # new matches counted per render; more shows as "500+"
 
 
-def _streams() -> list[str]:
-    return list(
-        Stream.objects.filter(deleted_at__isnull=True)
-        .order_by("name")
-        .values_list("name", flat=True)
-    )
+DEFAULT_KIND = "stream"  # a fresh page leaves out KV buckets' and object stores' writes
+
+
+def _streams() -> list[tuple[str, list[str]]]:
+    """The live streams' names for the stream menu, grouped: streams, KV buckets, object stores."""
+    names = Stream.objects.filter(deleted_at__isnull=True).order_by("name").values_list("name")
+    groups: dict[str, list[str]] = {"stream": [], "kv": [], "obj": []}
+    for (name,) in names:
+        groups[kind_of(name)[0]].append(name)
+    titles = {"stream": "Streams", "kv": "KV buckets", "obj": "Object stores"}
+    return [(titles[k], v) for k, v in groups.items() if v]
+
+
+def _params(query: QueryDict) -> QueryDict:
+    """The page's filter: the query as given, but a page opened with no filter at all searches
+    the application streams only (`kind=all` in the form searches everything)."""
+    if any(str(query.get(k, "")).strip() for k in query if k not in ("cursor", "live")):
+        return query
+    params = query.copy()
+    params["kind"] = DEFAULT_KIND
+    return params
 
 
 @require("browse")
@@ -44,17 +60,19 @@ def events(request: HttpRequest) -> HttpResponse:
     error: FilterError | None = None
     page = None
     f = EventFilter()
+    form = _params(request.GET)
     try:
-        f = parse_filter(request.GET)
+        f = parse_filter(form)
         page = search_events(f, PAGE_SIZE, cursor=request.GET.get("cursor") or None)
     except FilterError as exc:
         error = exc
     ctx: dict[str, Any] = {
         "f": f,
-        "form": request.GET,
+        "form": form,
         "error": error,
         "page": page,
         "ranges": RANGES,
+        "kinds": KINDS,
         "streams": _streams(),
         "first_page": not request.GET.get("cursor"),
         "filter_qs": f.query_string(),

@@ -1,9 +1,10 @@
 """Searching the stored events (the event browser, its live tail and `GET /api/events`)."""
 
-from dashboard.search.filters import RANGES, EventFilter, FilterError, parse_filter
+from dashboard.search.filters import KINDS, RANGES, EventFilter, FilterError, parse_filter
 from dashboard.search.query import MAX_LIMIT, Coverage, Page, search_events
 
 __all__ = [
+    "KINDS",
     "MAX_LIMIT",
     "RANGES",
     "Coverage",

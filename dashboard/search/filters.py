@@ -22,6 +22,10 @@ _DURATION = re.compile(r"^(\d{1,6})([smhd])$")
 _TRACE = re.compile(r"^[0-9a-f]{32}$")
 _PATH_TOKEN = re.compile(r"^[^\s.]{1,128}$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# `kind`: which streams a search without `stream` covers (KV buckets and object stores are
+# streams named KV_* and OBJ_*); the names `GET /api/streams?kind=` takes, plus `all`
+KINDS = (("stream", "streams"), ("kv", "KV buckets"), ("object", "object stores"),
+         ("all", "everything"))  # fmt: skip
 
 
 class FilterError(ValueError):
@@ -48,6 +52,7 @@ class EventFilter:
     json: tuple[tuple[str, ...], str] | None = None  # (path tokens, value)
     min_size: int | None = None
     max_size: int | None = None
+    kind: str = ""  # "stream", "kv", "object"; "all" or "" (not given): every stream
 
     def window(self, now: datetime | None = None) -> tuple[datetime | None, datetime | None]:
         """The time range asked for: (oldest, newest), either end open (None)."""
@@ -192,6 +197,11 @@ def parse_filter(params: Mapping[str, str]) -> EventFilter:
         if not all(_PATH_TOKEN.match(t) for t in tokens) or len(tokens) > 16:
             raise FilterError("json", "a path is field names joined by dots: customer.id")
         found["json"] = (tokens, value)
+    kind = get("kind").strip().lower()
+    if kind and kind not in dict(KINDS):
+        raise FilterError("kind", "a kind is stream, kv, object or all")
+    if kind and "stream" not in found:  # a named stream is searched whatever its kind
+        found["kind"] = kind
     for name in ("min_size", "max_size"):
         if get(name).strip():
             found[name] = _size(name, get(name))

@@ -129,6 +129,18 @@ def _plain(text: str) -> bool:
     return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
+STORE_PREFIXES = {"kv": "KV\\_%", "object": "OBJ\\_%"}
+
+
+def kind_ids(kind: str) -> list[int]:
+    """Ids of every incarnation (deleted ones too) of the KV buckets (`kv`), the object stores
+    (`object`) or both (`store`)."""
+    patterns = list(STORE_PREFIXES.values()) if kind == "store" else [STORE_PREFIXES[kind]]
+    with connection.cursor() as cur:
+        cur.execute("SELECT id FROM flowscope_stream WHERE name LIKE ANY(%s)", [patterns])
+        return [r[0] for r in cur.fetchall()]
+
+
 def predicates(f: EventFilter, now: datetime) -> tuple[list[str], list[Any]]:
     """SQL conditions (and their parameters) for every field but `stream`."""
     where: list[str] = []
@@ -172,6 +184,14 @@ def predicates(f: EventFilter, now: datetime) -> tuple[list[str], list[Any]]:
             params.append(value.encode())
         where.append("flowscope_try_jsonb(payload) #>> %s = %s")
         params.extend([list(path), value])
+    if f.kind == "stream":  # not a KV bucket's nor an object store's
+        stores = kind_ids("store")
+        if stores:
+            where.append("NOT (stream_id = ANY(%s))")
+            params.append(stores)
+    elif f.kind in STORE_PREFIXES:
+        where.append("stream_id = ANY(%s)")
+        params.append(kind_ids(f.kind))
     if f.min_size is not None:
         where.append("size >= %s")
         params.append(f.min_size)
