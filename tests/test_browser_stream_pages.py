@@ -10,6 +10,8 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
 import nats
 import pytest
@@ -18,7 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from tests.conftest import ARTIFACTS
 from tests.taputil import in_thread, tap_process
 from tests.test_browser_streams import _log_in, _wait_for_text
-from tests.webutil import no_page_overflow
+from tests.webutil import no_page_overflow, wait_until
 
 pytestmark = pytest.mark.browser
 HTMX = Path(__file__).resolve().parent.parent / "static/vendor/htmx-2.0.11/htmx.min.js"
@@ -156,6 +158,14 @@ def test_stream_and_consumer_pages_draw_their_charts_at_1280_and_390_px(
         # htmx (base.html will load it; here the test adds it): the range control swaps the
         # chart region, keeps the range in the address, and leaves no chart behind
         page.set_viewport_size({"width": 1280, "height": 900})
+        sockets: list[tuple[Any, str, list[Any]]] = []  # websockets, and the frames each got
+
+        def opened(ws: Any) -> None:
+            frames: list[Any] = []
+            sockets.append((ws, ws.url, frames))
+            ws.on("framereceived", lambda frame: frames.append(frame))
+
+        page.on("websocket", opened)
         page.goto(stream_url + "?range=15m")
         if not page.evaluate("!!window.htmx"):  # until base.html loads it
             page.add_script_tag(path=str(HTMX))
@@ -173,6 +183,15 @@ def test_stream_and_consumer_pages_draw_their_charts_at_1280_and_390_px(
 
         _choose_range(page, "1h")
         assert page.url.endswith("?range=1h")
+        # the chart of the range chosen stays live: the page swapped in a socket for it, which
+        # gets pushes, and closed the one for 15 min
+        ranged = lambda r: [(ws, f) for ws, url, f in sockets if unquote(url).endswith(":" + r)]  # noqa: E731
+        pumped = lambda check: page.wait_for_timeout(100) or check()  # noqa: E731  # events
+        wait_until(lambda: pumped(lambda: ranged("1h")), 10, "a socket for the 1h range")
+        frames = ranged("1h")[0][1]
+        wait_until(lambda: pumped(lambda: len(frames) >= 2), 15, "pushes on the 1h socket")
+        assert ranged("15m") and all(ws.is_closed() for ws, _ in ranged("15m"))
+        assert page.locator("[ws-connect]").count() == 1
         page.wait_for_selector("#stream-lag canvas")
         for _ in range(5):  # pushes of the range shown replace the chart; none leaks
             page.evaluate("html => htmx.swap(document.body, html, {swapStyle: 'none'})", html)

@@ -16,7 +16,7 @@ from channels.testing import WebsocketCommunicator
 from dashboard.live import hub as hub_module
 from dashboard.live.consumer import LiveConsumer
 from dashboard.live.hub import LiveHub, dirty_topics, group_name, split_roots
-from dashboard.live.topics import parse_topic, parse_topics
+from dashboard.live.topics import base_topic, parse_topic, parse_topics
 from dashboard.pages.overview import kind_of, rate_series, recent_rate, trend
 from tests.netutil import proxy_to
 
@@ -25,7 +25,15 @@ def test_topics_are_only_what_a_page_shows():
     assert parse_topic("overview") == ("overview", ())
     assert parse_topic("stream:ORDERS") == ("stream", ("ORDERS",))
     assert parse_topic("consumer:ORDERS:inventory") == ("consumer", ("ORDERS", "inventory"))
-    for bad in ("overview:x", "stream:", "stream:A:B", "consumer:A", "events", "stream:a\nb", ""):
+    # a chart range may follow a stream's or a consumer's name: the topic of a page showing it
+    assert parse_topic("stream:ORDERS:15m") == ("stream", ("ORDERS", "15m"))
+    assert parse_topic("consumer:ORDERS:inv:7d") == ("consumer", ("ORDERS", "inv", "7d"))
+    assert base_topic("stream:ORDERS:15m") == "stream:ORDERS"
+    assert base_topic("consumer:ORDERS:inv:7d") == "consumer:ORDERS:inv"
+    assert base_topic("consumer:ORDERS:inv") == "consumer:ORDERS:inv"
+    assert base_topic("overview") == "overview"
+    for bad in ("overview:x", "stream:", "stream:A:B", "consumer:A", "events", "stream:a\nb", "",
+                "stream:A:1h:1h", "consumer:A:b:2h", "replay:1:1h"):  # fmt: skip
         assert parse_topic(bad) is None, bad
     query = "topics=overview,stream:A,stream:A,bogus,stream:B&topics=consumer:A:c"
     assert parse_topics(query) == ["overview", "stream:A", "stream:B", "consumer:A:c"]
@@ -223,6 +231,33 @@ async def test_two_sockets_share_one_render_per_tick(live_hub, nats_server):
     assert len(live_hub.renders_log) == before + 1
     await a.disconnect()
     await b.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_a_page_showing_another_chart_range_follows_its_streams_changes(
+    live_hub, nats_server
+):
+    """A stream page open on 15 min watches `stream:S:15m`: a digest naming S renders that
+    topic (with its range), and not a page of another stream."""
+    mine, other = (
+        _socket(await _user("d"), "stream:S:15m"),
+        _socket(await _user("e"), "stream:T:7d"),
+    )
+    assert (await mine.connect())[0] and (await other.connect())[0]
+    await mine.receive_from(timeout=5)  # the state at once
+    await other.receive_from(timeout=5)
+    nc = await nats.connect(nats_server.url)
+    await asyncio.sleep(0.3)
+    before = len(live_hub.renders_log)
+    await nc.publish("flowscope.digest.events", b'{"streams": {"S": {"count": 1}}}')
+    pushed = await mine.receive_from(timeout=5)
+    await nc.close()
+    assert ">stream:S:15m " in pushed
+    assert await other.receive_nothing(timeout=0.5)
+    assert live_hub.renders_log[before:] == ["stream:S:15m"]
+    await mine.disconnect()
+    await other.disconnect()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -245,8 +245,8 @@ def test_markup_in_names_subjects_and_headers_is_shown_as_text(logged_in, db):
     assert facts(tree, "config")["Filter subjects"] == "esc.<script>x</script>"
     ws = next(e for e in tree.elements() if "ws-connect" in e.attrs)
     assert ws.attrs["ws-connect"] == (
-        "/ws/live/?topics=consumer:ESC_%3Ci%26amp%3B%22%27:app_%3Ci%26amp%3B%22%27"
-    )
+        "/ws/live/?topics=consumer:ESC_%3Ci%26amp%3B%22%27:app_%3Ci%26amp%3B%22%27:15m"
+    )  # no samples yet: the page opens on 15 min and watches that range
 
 
 def _oob_ids(html: str | None) -> list[str]:
@@ -267,17 +267,19 @@ def test_the_live_partials_are_the_pages_regions_marked_for_an_oob_swap(logged_i
     assert not [e for e in full.elements() if "hx-swap-oob" in e.attrs]
     ws = next(e for e in full.elements() if "ws-connect" in e.attrs)
     assert ws.attrs["hx-ext"] == "ws"
-    assert ws.attrs["ws-connect"] == "/ws/live/?topics=stream:ESC_%3Ci%26amp%3B%22%27"
+    assert ws.attrs["ws-connect"] == "/ws/live/?topics=stream:ESC_%3Ci%26amp%3B%22%27:15m"
 
     full = page(logged_in, f"/streams/{stream.name}/consumers/{consumer.name}/")
     ids = _oob_ids(consumer_live_html(stream.name, consumer.name))
     assert sorted(ids) == sorted(CONSUMER_PARTIALS)
     for id_ in ids:
         assert "hx-swap-oob" not in full.by_id(id_).attrs
-    # the live chart is the default range; the page shows the same one
-    live = parse(consumer_live_html(stream.name, consumer.name) or "")
-    assert live.by_id("consumer-charts").attrs["data-range"] == "1h"
-    assert full.by_id("consumer-charts").attrs["data-range"] == "1h"
+    # the page watches the range it shows (15 min: no samples yet), and that topic's render
+    # carries the same range
+    assert full.by_id("consumer-charts").attrs["data-range"] == "15m"
+    assert str(full.by_id("live-socket").attrs["ws-connect"]).endswith(":15m")
+    live = parse(consumer_live_html(stream.name, consumer.name, "15m") or "")
+    assert live.by_id("consumer-charts").attrs["data-range"] == "15m"
 
 
 def test_the_range_control_swaps_the_chart_region_and_keeps_the_range_in_the_address(logged_in, db):
@@ -291,14 +293,43 @@ def test_the_range_control_swaps_the_chart_region_and_keeps_the_range_in_the_add
     assert links["24h"].get("aria-current") == "true" and "aria-current" not in links["1h"]
     assert links["7d"]["href"] == links["7d"]["hx-get"] == "?range=7d"
     assert links["7d"]["hx-push-url"] == "true"
-    # htmx asks for the region only
+    # htmx asks for the region, and gets with it, out of band, the socket for that range
     fragment = page(logged_in, base + "?range=6h", HX_Request="true")
-    assert [e.attrs.get("id") for e in fragment.top()] == ["stream-lag"]
+    assert [e.attrs.get("id") for e in fragment.top()] == ["stream-lag", "live-socket"]
     assert fragment.by_id("stream-lag").attrs["data-range"] == "6h"
+    assert "hx-swap-oob" not in fragment.by_id("stream-lag").attrs
+    socket = fragment.by_id("live-socket").attrs
+    assert socket["hx-swap-oob"] == "true" and str(socket["ws-connect"]).endswith(
+        "stream:ESC_%3Ci%26amp%3B%22%27:6h"
+    )
     # a history restore (back button, cache missed) gets the whole page
     restored = page(logged_in, base + "?range=6h", HX_Request="true",
                     HX_History_Restore_Request="true")  # fmt: skip
     assert restored.find_all("h1")
     fragment = page(logged_in, base + f"consumers/{consumer.name}/?range=7d", HX_Request="true")
-    assert [e.attrs.get("id") for e in fragment.top()] == ["consumer-charts"]
-    assert page(logged_in, base + "?range=bogus").by_id("stream-lag").attrs["data-range"] == "1h"
+    assert [e.attrs.get("id") for e in fragment.top()] == ["consumer-charts", "live-socket"]
+    assert str(fragment.by_id("live-socket").attrs["ws-connect"]).endswith(":7d")
+    assert page(logged_in, base + "?range=bogus").by_id("stream-lag").attrs["data-range"] == "15m"
+
+
+def test_a_page_opens_on_the_range_its_data_fills(logged_in, db):
+    """Minutes of samples open on 15 min (not squeezed into an hour's right edge); once they
+    reach back past 15 min, on 1 h; a range asked for is kept."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from dashboard.models import StreamSample
+
+    stream, consumer = _markup_stream()
+    base = f"/streams/{stream.name}/"
+    opened = lambda url: str(page(logged_in, url).by_id("live-socket").attrs["ws-connect"])  # noqa: E731
+    now = timezone.now()
+    for minutes in (1, 5, 14):
+        StreamSample.objects.create(stream=stream, ts=now - timedelta(minutes=minutes), last_seq=1)
+    assert opened(base).endswith(":15m")
+    assert opened(base + f"consumers/{consumer.name}/").endswith(":15m")
+    StreamSample.objects.create(stream=stream, ts=now - timedelta(minutes=16), last_seq=1)
+    assert opened(base).endswith(":1h")
+    assert opened(base + f"consumers/{consumer.name}/").endswith(":1h")
+    assert opened(base + "?range=15m").endswith(":15m")

@@ -33,7 +33,7 @@ from channels.layers import get_channel_layer
 from nats.aio.client import Client
 from opentelemetry import trace
 
-from dashboard.live.topics import renderer
+from dashboard.live.topics import base_topic, renderer
 from eventbus.natsconn import servers, shown
 
 log = logging.getLogger("flowscope.live")
@@ -294,7 +294,8 @@ class LiveHub:
             self._mark(topics)
 
     def _mark(self, topics: set[str]) -> None:
-        topics &= set(self.watched)  # render only what a socket here shows
+        # render only what a socket here shows; a stream's change dirties each range watched
+        topics = {t for t in self.watched if t in topics or base_topic(t) in topics}
         if topics:
             self.dirty |= topics
             self.wake.set()

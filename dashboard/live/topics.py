@@ -1,17 +1,21 @@
 """What a page may watch, and how each topic is rendered.
 
-A topic names one page's live part: `overview`, `topology`, `stream:<name>`,
-`consumer:<stream>:<name>`, `replay:<job id>`, and a filtered list's: `tail:<query>` (the event
-browser's live tail), `deadletters:<query>` (/dead-letters/), the filter's query string
-percent-encoded. A socket watches only the topics its page shows (given in the `ws-connect`
-URL, checked here). Each topic renders to the HTML of that page's live partials, each root
-marked `hx-swap-oob`, from the same named partials as the full page.
+A topic names one page's live part: `overview`, `topology`,
+`stream:<name>[:<range>]`, `consumer:<stream>:<name>[:<range>]` (the range its chart shows,
+dashboard/pages/charts.py's RANGES; the default range without), `replay:<job id>`, and a
+filtered list's: `tail:<query>` (the event browser's live tail), `deadletters:<query>`
+(/dead-letters/), the filter's query string percent-encoded. A socket watches only the
+topics its page shows (given in the `ws-connect` URL, checked here). Each topic renders to
+the HTML of that page's live partials, each root marked `hx-swap-oob`, from the same named
+partials as the full page.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+
+from dashboard.pages.charts import RANGES
 
 MAX_TOPICS = 8
 MAX_NAME = 255
@@ -40,11 +44,25 @@ def parse_topic(text: str) -> tuple[str, tuple[str, ...]] | None:
         return (kind, (rest,)) if ok else None
     names = tuple(rest.split(":")) if rest else ()
     arity = {"stream": 1, "consumer": 2, "replay": 1}.get(kind)
-    if arity is None or len(names) != arity:
+    if arity is None or len(names) not in (arity, arity + (kind != "replay")):
+        return None
+    if len(names) > arity and names[-1] not in RANGES:
         return None
     if any(not n or len(n) > MAX_NAME or not n.isprintable() for n in names):
         return None
     return kind, names
+
+
+def base_topic(topic: str) -> str:
+    """The topic whose changes a topic follows: `stream:ORDERS:15m` -> `stream:ORDERS` (a chart
+    range is how a page draws a stream, not what changed); any other topic is its own."""
+    parsed = parse_topic(topic)
+    if parsed is None or parsed[0] not in ("stream", "consumer"):
+        return topic
+    kind, names = parsed
+    if len(names) > (1 if kind == "stream" else 2):
+        return topic.rsplit(":", 1)[0]
+    return topic
 
 
 def parse_topics(query: str) -> list[str]:

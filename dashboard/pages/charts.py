@@ -34,6 +34,21 @@ def parse_range(value: str | None) -> str:
     return value if value in RANGES else DEFAULT_RANGE
 
 
+def default_range(stream_id: int, now: datetime) -> str:
+    """The range a page opens on: 15 min while the stream's samples (one every few seconds
+    while a tap watches it) reach back less than that within the last hour, so minutes of data
+    are not squeezed into the right edge of an hour; else DEFAULT_RANGE. One probe of the
+    (stream, ts) index."""
+    short = RANGES["15m"]
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT min(ts) FROM flowscope_stream_sample WHERE stream_id = %s AND ts >= %s",
+            [stream_id, now - RANGES[DEFAULT_RANGE]],
+        )
+        (oldest,) = cur.fetchone() or (None,)
+    return "15m" if oldest is None or oldest > now - short else DEFAULT_RANGE
+
+
 def bucket_seconds(range_key: str) -> int:
     """Bucket width: a range spans at most MAX_POINTS buckets (its two ends may cut two)."""
     return span_bucket_seconds(RANGES[range_key])

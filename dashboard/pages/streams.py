@@ -159,6 +159,12 @@ def stream_context(stream: Stream, range_key: str, now: datetime | None = None) 
     }
 
 
+def page_range(request: HttpRequest, stream: Stream) -> str:
+    """The chart range asked for (`?range=`), else the one the stream's data suits."""
+    asked = request.GET.get("range")
+    return asked if asked in charts.RANGES else charts.default_range(stream.id, timezone.now())
+
+
 def _render_oob(template: str, partials: tuple[str, ...], context: dict[str, Any]) -> str:
     context = {**context, "oob": True}
     return "".join(render_to_string(f"{template}#{p}", context) for p in partials)
@@ -166,8 +172,9 @@ def _render_oob(template: str, partials: tuple[str, ...], context: dict[str, Any
 
 def stream_live_html(name: str, range_key: str = charts.DEFAULT_RANGE) -> str | None:
     """The stream page's live partials, each root marked hx-swap-oob; None if no such stream.
-    The lag chart is for `range_key` (the page's default unless told); the page's script keeps a
-    chart of another range the user chose rather than swap it (static/js/charts.js)."""
+    The lag chart is for `range_key`: a page watches `stream:<name>:<range>`, the range it
+    shows, and its range control swaps in a socket for the new range (the `live-socket`
+    partial) with the chart."""
     stream = live_stream(name)
     if stream is None:
         return None
@@ -182,6 +189,15 @@ def _missing_stream(request: HttpRequest, name: str) -> HttpResponse:
     )
 
 
+def _render_parts(request: HttpRequest, template: str, parts: tuple[str, ...],
+                  context: dict[str, Any]) -> HttpResponse:  # fmt: skip
+    """The first partial for htmx's target; the others marked to swap out of band."""
+    first = render_to_string(f"{template}#{parts[0]}", context, request)
+    rest = (render_to_string(f"{template}#{p}", {**context, "socket_oob": True}, request)
+            for p in parts[1:])  # fmt: skip
+    return HttpResponse(first + "".join(rest))
+
+
 def _wants_partial(request: HttpRequest) -> bool:
     """An htmx request for a region (the range control), not a history restore."""
     htmx = getattr(request, "htmx", None)
@@ -193,9 +209,9 @@ def stream_detail(request: HttpRequest, name: str) -> HttpResponse:
     stream = live_stream(name)
     if stream is None:
         return _missing_stream(request, name)
-    context = stream_context(stream, charts.parse_range(request.GET.get("range")))
-    if _wants_partial(request):
-        response = render(request, f"{STREAM_TEMPLATE}#stream-lag", context)
+    context = stream_context(stream, page_range(request, stream))
+    if _wants_partial(request):  # the chart, and the socket for its range (swapped out of band)
+        response = _render_parts(request, STREAM_TEMPLATE, ("stream-lag", "live-socket"), context)
     else:
         response = render(request, STREAM_TEMPLATE, context)
     response["Vary"] = "HX-Request"
@@ -259,9 +275,10 @@ def consumer_detail(request: HttpRequest, name: str, consumer: str) -> HttpRespo
             {"stream": stream, "name": consumer, "deleted": deleted},
             status=404,
         )
-    context = consumer_context(stream, found, charts.parse_range(request.GET.get("range")))
+    context = consumer_context(stream, found, page_range(request, stream))
     if _wants_partial(request):
-        response = render(request, f"{CONSUMER_TEMPLATE}#consumer-charts", context)
+        parts = ("consumer-charts", "live-socket")
+        response = _render_parts(request, CONSUMER_TEMPLATE, parts, context)
     else:
         response = render(request, CONSUMER_TEMPLATE, context)
     response["Vary"] = "HX-Request"

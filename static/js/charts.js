@@ -289,8 +289,9 @@
   document.addEventListener("htmx:load", function (evt) {
     drawWithin((evt.detail && evt.detail.elt) || evt.target);
   });
-  // A pushed chart region for another range than the one the user chose is not swapped in:
-  // the live push renders the default range, the user's choice stands.
+  // A pushed chart region for another range than the one shown is not swapped in: the page
+  // watches its range's topic, and the range control swaps in a socket for the new range, but
+  // a push of the old one may still be on its way.
   document.addEventListener("htmx:oobBeforeSwap", function (evt) {
     var target = evt.detail && evt.detail.target;
     var fragment = evt.detail && evt.detail.fragment;

@@ -94,6 +94,9 @@
       if (!d || !d.shouldSwap || !d.target || !d.fragment) return;
       var incoming = d.fragment.firstElementChild;
       if (!incoming || d.fragment.childNodes.length !== 1 || incoming.id !== d.target.id) return;
+      // a socket (ws-connect) swapped in is another topic: replaced whole, so its extension
+      // closes the old connection and opens the new one
+      if (d.target.hasAttribute("ws-connect")) return;
       var ops = [];
       if (!plan(d.target, incoming, ops)) {  // another shape: htmx swaps it whole
         if (window.flowscopeCharts) window.flowscopeCharts.keep(d.target, incoming);
