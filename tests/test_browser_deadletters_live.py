@@ -25,6 +25,7 @@ from tests.taputil import eventually, in_thread, tap_process
 from tests.test_browser_live import _wait
 from tests.test_browser_streams import _log_in
 from tests.test_deadletters_live import EVIL_CONSUMER, SUBJECT, nak_until_dead, naking_consumer
+from tests.webutil import cards_fit
 
 pytestmark = pytest.mark.browser
 
@@ -84,6 +85,7 @@ def _shoot(page: Any, name: str) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     page.reload()
     page.wait_for_timeout(1500)  # live, charts and graph drawn
+    cards_fit(page, at_least=8 if name == "dead-letters" else 0)  # rows as cards, all in view
     page.screenshot(path=str(ARTIFACTS / f"{name}-390.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 800})
 

@@ -14,6 +14,7 @@ import pytest
 from tests.taputil import in_thread, tap_process
 from tests.test_browser_live import _wait
 from tests.test_browser_streams import _log_in
+from tests.webutil import cards_fit, tables_not_cards
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -154,6 +155,10 @@ def test_a_search_from_the_form_keeps_the_filter_in_the_url(
             page.screenshot(path=str(ARTIFACTS / f"events-{width}.png"), full_page=True)
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"the page scrolls sideways at {width} px"
+            if width == 390:  # each event a card: subject and payload on lines of their own
+                cards_fit(page, at_least=8)
+            else:
+                tables_not_cards(page)
     finally:
         tap.terminate()
         tap.wait(30)

@@ -20,7 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from tests.conftest import ARTIFACTS
 from tests.taputil import in_thread, tap_process
 from tests.test_browser_streams import _log_in, _wait_for_text
-from tests.webutil import no_page_overflow, wait_until
+from tests.webutil import cards_fit, no_page_overflow, wait_until
 
 pytestmark = pytest.mark.browser
 HTMX = Path(__file__).resolve().parent.parent / "static/vendor/htmx-2.0.11/htmx.min.js"
@@ -132,8 +132,10 @@ def test_stream_and_consumer_pages_draw_their_charts_at_1280_and_390_px(
                         const d = document.querySelector('#config > div.wide');
                         return d.getBoundingClientRect().width / d.parentElement.clientWidth; }""")
                     assert share > 0.9
-                if width == 390 and name == "stream":  # tables scroll inside their own box
-                    # one query in the page: live pushes replace these elements any moment
+                if width == 390 and name == "stream":
+                    # consumers and events are cards, every figure in view; the rest scroll
+                    # inside their own box (one query each: pushes replace them any moment)
+                    cards_fit(page, at_least=10)
                     overflow = page.evaluate(
                         "getComputedStyle(document.querySelector('.table-scroll')).overflowX"
                     )

@@ -12,7 +12,7 @@ from tests.conftest import ARTIFACTS
 from tests.taputil import in_thread
 from tests.test_browser_streams import _log_in
 from tests.test_topology_page import _flow
-from tests.webutil import no_page_overflow, wait_js
+from tests.webutil import cards_fit, no_page_overflow, tables_not_cards, wait_js
 
 pytestmark = pytest.mark.browser
 
@@ -181,7 +181,10 @@ def test_the_page_fits_a_phone(web, page, alice, nats_server, database_url, uniq
     page.set_viewport_size({"width": 390, "height": 844})
     wait_js(page, f"{topology}.rankDir === 'TB'")  # (its resize handler has run)
     no_page_overflow(page)  # and the whole page, the top bar's navigation in view
-    page.goto(web + "/")  # the overview: its wide tables scroll in their own boxes
+    page.goto(web + "/")  # the overview: its tables' rows are cards, every figure in view
     page.wait_for_selector("#streams-section")
     no_page_overflow(page)
+    cards_fit(page, at_least=10)
     page.screenshot(path=str(ARTIFACTS / "overview-390.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 844})
+    tables_not_cards(page)

@@ -82,3 +82,47 @@ def wait_js(page: Any, expression: str, timeout: float = 10.0) -> None:
     the first try fails, which the pages' Content-Security-Policy refuses: it passes only when
     the condition already holds.)"""
     wait_until(lambda: page.evaluate(f"!!({expression})"), timeout, expression, step=0.05)
+
+
+# Every cell of the page's `table.data.cards` tables: [table id, label, its ::before text, left,
+# right, display of its row], the tables' boxes that scroll sideways, and how many cells there are.
+CARD_CELLS = """() => {
+    const cells = [...document.querySelectorAll('table.data.cards tbody:not([hidden]) td')]
+        .filter(td => td.offsetParent !== null);
+    const boxes = [...document.querySelectorAll('.table-scroll')]
+        .filter(b => b.querySelector('table.cards') && b.scrollWidth > b.clientWidth + 1);
+    return [cells.map(td => {
+        const r = td.getBoundingClientRect();
+        return [td.closest('table').id, td.dataset.label || '',
+                getComputedStyle(td, '::before').content, r.left, r.right,
+                getComputedStyle(td.parentElement).display];
+    }), boxes.map(b => b.querySelector('table').id)];
+}"""
+
+
+def cards_fit(page: Any, at_least: int = 1) -> int:
+    """At a phone's width every row of a `cards` table is a card: each cell in the window,
+    under its column's name, and no such table scrolls sideways. Returns the cells seen."""
+    viewport = page.viewport_size["width"]
+    cells, scrolling = page.evaluate(CARD_CELLS)
+    assert len(cells) >= at_least, f"only {len(cells)} card cells"
+    assert not scrolling, f"card tables scrolling sideways at {viewport}px: {scrolling}"
+    for table, label, before, left, right, display in cells:
+        assert display == "grid", (table, label, display)
+        assert left >= 0 and right <= viewport, f"{table}: {label or 'a title'} cut off"
+        if label:
+            assert before == f'"{label}"', (table, label, before)
+    return len(cells)
+
+
+def tables_not_cards(page: Any) -> None:
+    """At a desktop's width the same tables are tables: rows, and the header row in view."""
+    rows, heads = page.evaluate(
+        """() => [[...document.querySelectorAll('table.data.cards tbody tr')]
+                .map(tr => getComputedStyle(tr).display),
+            [...document.querySelectorAll('table.data.cards thead')]
+                .filter(h => h.closest('table').offsetParent !== null)
+                .map(h => h.getBoundingClientRect().height)]"""
+    )
+    assert rows and set(rows) == {"table-row"}, set(rows)
+    assert all(h > 10 for h in heads), heads
