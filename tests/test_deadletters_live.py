@@ -223,6 +223,9 @@ def test_the_topology_marks_them_as_a_health_state_of_their_own(world: dict[str,
     evil = items[f"consumer:{EVIL_STREAM}/{EVIL_CONSUMER}"]
     assert evil.attrs["data-health"] == "dead" and EVIL_CONSUMER in evil.text()
     assert tree.by_id("topology-dead-letters").text().split() == ["6", "dead", "letters", "waiting"]
+    # the count of nodes needing attention is red like its worst nodes, not the amber of lag
+    [count] = [e for e in tree.elements() if "problems" in str(e.attrs.get("class", "")).split()]
+    assert "problems-dead" in str(count.attrs["class"]).split()
     graph = json.loads(tree.by_id("topology-data").text())
     nodes = {n["data"]["id"]: n["data"] for n in graph["nodes"]}
     assert nodes["consumer:ORDERS/billing"]["dead_letters"] == 3

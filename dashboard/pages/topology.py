@@ -43,6 +43,8 @@ def topology_context(oob: bool = False) -> dict[str, Any]:
         "sections": graph.sections(),
         "counts": [(KIND_TITLES[k], n) for k, n in counts.items()],
         "problems": sum(1 for n in graph.nodes.values() if n.health != "ok"),
+        # the count takes the colour of its worst node: red once dead letters wait anywhere
+        "worst": "dead" if any(n.health == "dead" for n in graph.nodes.values()) else "warn",
         "dead_letters": sum(n.dead_letters for n in graph.nodes.values() if n.kind == "stream"),
         "window_minutes": graph.window_seconds // 60,
         "oob": oob,
