@@ -118,10 +118,18 @@ def test_a_chart_has_one_series_per_consumer_aligned_on_time(db):
 
 def test_the_consumer_charts_carry_its_counters_and_ack_rate(db):
     stream = _samples(db)
-    counters, rates = charts.consumer_charts(stream.id, "app", "15m", NOW)
-    assert list(counters.series) == ["pending", "ack pending", "redelivered", "waiting"]
-    assert counters.series["pending"][-1] == 0 and counters.series["ack pending"][-1] == 1
-    assert rates.unit == "msg/s" and rates.series["acks"][0] is None
+    drawn = charts.consumer_charts(stream.id, "app", "15m", NOW)
+    # each on an axis of its own: redelivered (which keeps the given-up messages) does not
+    # flatten the lag, and pull requests are not messages
+    assert [(c.key, list(c.chart.series), c.chart.unit) for c in drawn] == [
+        ("lag", ["pending", "ack pending"], "messages"),
+        ("redelivered", ["redelivered"], "messages"),
+        ("waiting", ["waiting"], "requests"),
+        ("acks", ["acks"], "msg/s"),
+    ]
+    lag, rates = drawn[0].chart, drawn[-1].chart
+    assert lag.series["pending"][-1] == 0 and lag.series["ack pending"][-1] == 1
+    assert rates.series["acks"][0] is None
     # 1 delivery acked per 5 s, while the floor's stream sequence passes 10 (other subjects')
     assert rates.series["acks"][1:] == [pytest.approx(0.2)] * (len(rates.t) - 1)
     assert charts.recent_ack_rate(stream.id, "app", NOW) == pytest.approx(0.2)

@@ -127,22 +127,39 @@ COUNTER_SERIES = (
     ("redelivered", "num_redelivered"),
     ("waiting", "num_waiting"),
 )
+# The consumer page's charts: (key, title, series drawn, unit). Each on an axis of its own: the
+# server's redelivered count keeps the messages given up at max deliver, so it grows where lag
+# stays near 0 and, on one axis, flattened it; waiting counts pull requests, not messages.
+CONSUMER_CHARTS = (
+    ("lag", "Pending and ack pending", ("pending", "ack pending"), "messages"),
+    ("redelivered", "Redelivered", ("redelivered",), "messages"),
+    ("waiting", "Waiting pull requests", ("waiting",), "requests"),
+)
 
 
-def consumer_charts(stream_id: int, name: str, range_key: str, now: datetime
-                    ) -> tuple[Chart, Chart]:  # fmt: skip
-    """(the consumer's counters, its ack rate) over the range. Counters: each bucket's highest.
-    Ack rate: from each bucket's last ack floor (the floor only grows) and its time."""
+@dataclass
+class Titled:
+    key: str
+    title: str
+    chart: Chart
+
+
+def consumer_charts(stream_id: int, name: str, range_key: str, now: datetime) -> list[Titled]:
+    """The consumer's charts over the range (CONSUMER_CHARTS, then its ack rate). Counters:
+    each bucket's highest. Ack rate: from each bucket's last ack floor (the floor only grows)
+    and its time."""
     select = ", ".join(f"max({col})" for _, col in COUNTER_SERIES) + ", max(ack_floor_consumer_seq)"
     rows = _bucketed(select, stream_id, [name], range_key, now)
     times = [r[2] for r in rows]
-    counters = Chart(
-        t=times,
-        series={label: [r[3 + i] for r in rows] for i, (label, _) in enumerate(COUNTER_SERIES)},
-        unit="messages",
-    ).spanning(range_key, now)
+    values = {label: [r[3 + i] for r in rows] for i, (label, _) in enumerate(COUNTER_SERIES)}
+    out = [
+        Titled(key, title, Chart(t=times, series={s: values[s] for s in drawn}, unit=unit)
+               .spanning(range_key, now))
+        for key, title, drawn, unit in CONSUMER_CHARTS
+    ]  # fmt: skip
     rates = Chart(t=times, series={"acks": ack_rates(times, [r[-1] for r in rows])}, unit="msg/s")
-    return counters, rates.spanning(range_key, now)
+    out.append(Titled("acks", "Ack rate", rates.spanning(range_key, now)))
+    return out
 
 
 def ack_rate(t0: float, floor0: int, t1: float, floor1: int) -> float | None:

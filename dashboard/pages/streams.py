@@ -232,7 +232,7 @@ def paused_until(config: Any, now: datetime) -> datetime | None:
 def consumer_context(stream: Stream, consumer: Consumer, range_key: str,
                      now: datetime | None = None) -> dict[str, Any]:  # fmt: skip
     now = now or timezone.now()
-    counters, rates = charts.consumer_charts(stream.id, consumer.name, range_key, now)
+    over_time = charts.consumer_charts(stream.id, consumer.name, range_key, now)
     return {
         "stream": stream,
         "consumer": consumer,
@@ -242,8 +242,8 @@ def consumer_context(stream: Stream, consumer: Consumer, range_key: str,
         "dead_letters": waiting_counts(stream.name).get((stream.name, consumer.name), 0),
         "range": range_key,
         "ranges": list(charts.RANGES),
-        "counter_chart": counters,
-        "rate_chart": rates,
+        "charts": over_time,
+        "drawable": over_time[0].chart.drawable,
         "now": now,
     }
 

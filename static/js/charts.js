@@ -107,7 +107,8 @@
       grid: { stroke: "#eef2f7", width: 1 }, ticks: { stroke: "#e5e7eb" },
       values: function (u, vals, axis, space, incr) { return tickLabels(vals, incr); },
     };
-    if (unit === "messages") yAxis.incrs = COUNT_STEPS; // counts: no tick at 0.2 of a message
+    // counts: no tick at 0.2 of a message (or of a pull request)
+    if (unit === "messages" || unit === "requests") yAxis.incrs = COUNT_STEPS;
     return {
       width: widthOf(el),
       height: LAG_HEIGHT,
