@@ -153,6 +153,16 @@ def naks(d: DeadLetter) -> Naks:
     )
     if d.stream_id is not None:  # not a nak of an earlier incarnation's message of that seq
         rows = rows.filter(ts__gte=d.stream.created)  # type: ignore[union-attr]
+    earlier = (  # the same seq's death before (its consumer, or the stream, created again)
+        DeadLetter.objects.filter(
+            stream_name=d.stream_name, seq=d.seq, consumer=d.consumer, died_at__lt=d.died_at
+        )
+        .order_by("-died_at")
+        .values_list("died_at", flat=True)
+        .first()
+    )
+    if earlier is not None:
+        rows = rows.filter(ts__gt=earlier)
     last = list(rows.order_by("-ts", "-deliveries").values_list("deliveries", "ts")[:NAKS_SHOWN])
     last.reverse()
     total = len(last) if len(last) < NAKS_SHOWN else rows.count()

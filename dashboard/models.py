@@ -300,7 +300,9 @@ class ApiToken(models.Model):
 class DeadLetter(models.Model):
     """A message a consumer gave up on (eventbus/deadletters.py captures them): from the
     server's max-deliveries or terminated advisory, or a message of a dead-letter stream
-    (FLOWSCOPE_DLQ_STREAMS). Once per (stream, seq, consumer), whatever taps run or restart."""
+    (FLOWSCOPE_DLQ_STREAMS). Once per death, whatever taps run or restart: the key is (stream,
+    seq, consumer, the advisory's time), which a redelivered advisory repeats and a death of the
+    same seq in a stream or consumer created again does not."""
 
     class Reason(models.TextChoices):
         MAX_DELIVERIES = "max_deliveries", "delivered the maximum number of times"
@@ -344,8 +346,10 @@ class DeadLetter(models.Model):
     class Meta:
         db_table = "flowscope_deadletter"
         constraints = [
+            # one row per death: a stream created again (its sequences start at 1 again) or a
+            # consumer of the same name created again may let the same seq die once more
             models.UniqueConstraint(
-                fields=["stream_name", "seq", "consumer"], name="deadletter_unique"
+                fields=["stream_name", "seq", "consumer", "died_at"], name="deadletter_unique"
             )
         ]
         indexes = [
@@ -456,11 +460,11 @@ class Nak(models.Model):
     """One nak the server reported (its MSG_NAKED advisory, eventbus/deadletters.py): delivery
     number `deliveries` of message `seq` of `stream_name` was refused by `consumer` at `ts` (the
     advisory's time). Shown on the dead letter's page, before its final event. Once per
-    (stream, seq, consumer, deliveries), however often the advisory comes; rows older than the
-    tap's retention (FLOWSCOPE_RETENTION) are deleted by its retention loop. Like DeadLetter's,
-    the key names no incarnation: the same delivery of the same sequence in a stream created
-    again (or a consumer reset) within the retention is not written again; the page shows the
-    naks of the dead letter's life only (dashboard/deadletters.py `naks`)."""
+    (stream, seq, consumer, deliveries, ts), however often the advisory comes (a redelivered
+    advisory repeats its time; the same delivery of the same seq in a stream or consumer created
+    again does not); rows older than the tap's retention (FLOWSCOPE_RETENTION) are deleted by
+    its retention loop. The page shows the naks of the dead letter's life only
+    (dashboard/deadletters.py `naks`)."""
 
     stream_name = models.CharField(max_length=255)
     seq = models.BigIntegerField()
@@ -473,7 +477,7 @@ class Nak(models.Model):
         constraints = [
             # Also the index a dead letter's naks are read by (stream, seq, consumer).
             models.UniqueConstraint(
-                fields=["stream_name", "seq", "consumer", "deliveries"], name="nak_unique"
+                fields=["stream_name", "seq", "consumer", "deliveries", "ts"], name="nak_unique"
             )
         ]
         indexes = [models.Index(fields=["ts"], name="nak_ts")]  # the retention's DELETE

@@ -10,8 +10,10 @@ Where they come from:
 - Streams named in FLOWSCOPE_DLQ_STREAMS (names or fnmatch patterns): each message there is one
   dead letter, read by a durable consumer of the same kind (`flowscope_dlq`).
 
-Exactly once per (stream, seq, consumer): the unique key with INSERT ... ON CONFLICT DO NOTHING,
-and the ack after the commit (a redelivered advisory finds its row and is acked again).
+Exactly once per death: the unique key (stream, seq, consumer, the advisory's time) with INSERT
+... ON CONFLICT DO NOTHING, and the ack after the commit (a redelivered advisory repeats its time,
+finds its row and is acked again; the same seq dying in a stream or consumer created again is
+another death, and another row).
 
 The message itself: read from its stream by sequence (after max deliveries the server keeps
 it), else the tap's stored copy (a terminated message leaves interest and work-queue streams),
@@ -20,8 +22,8 @@ moments of being published) is asked for again shortly before it is called gone.
 
 Naks (issue #15.5): the server's MSG_NAKED advisories come through the same stream and consumer
 (not the tap's event observers), one row of flowscope_nak each per (stream, seq, consumer,
-delivery), written a batch at a time (one INSERT of arrays) and acked after the commit; the dead
-letter's page lists them before its final event. Naks can be many (a consumer refusing in a
+delivery, time), written a batch at a time (one INSERT of arrays) and acked after the commit;
+the dead letter's page lists them before its final event. Naks can be many (a consumer refusing in a
 loop), so the stream is bounded (ADVISORY_MAX_PER_SUBJECT per subject, i.e. per kind, stream
 and consumer; ADVISORY_MAX_BYTES in all; the oldest go first) and the tap's retention loop
 deletes rows older than FLOWSCOPE_RETENTION (`expire_naks`).
@@ -619,7 +621,7 @@ async def insert(db: psycopg.AsyncConnection[Any], death: Death, original: Origi
             terminate_reason, deliveries, subject, headers, payload, truncated, payload_source,
             origin_stream, origin_seq, died_at, captured_at, status, status_note)
         VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), 'new', '')
-        ON CONFLICT (stream_name, seq, consumer) DO NOTHING
+        ON CONFLICT (stream_name, seq, consumer, died_at) DO NOTHING
         RETURNING id
         """,
         (found[0] if found else None, death.stream, death.seq, death.consumer, death.reason,
@@ -638,7 +640,7 @@ async def insert_naks(db: psycopg.AsyncConnection[Any], naks: list[NakReport]) -
         """
         INSERT INTO flowscope_nak (stream_name, seq, consumer, deliveries, ts)
         SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::int[], %s::timestamptz[])
-        ON CONFLICT (stream_name, seq, consumer, deliveries) DO NOTHING
+        ON CONFLICT (stream_name, seq, consumer, deliveries, ts) DO NOTHING
         """,
         ([n.stream for n in naks], [n.seq for n in naks], [n.consumer for n in naks],
          [n.deliveries for n in naks], [n.at for n in naks]),

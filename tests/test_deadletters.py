@@ -222,6 +222,52 @@ async def test_two_taps_write_each_dead_letter_once(nats_server, database_url, u
     assert info.num_ack_pending == 0 and info.num_pending == 0
 
 
+async def test_a_recreated_streams_same_sequence_dying_again_is_another_dead_letter(
+    nats_server, database_url, unique
+):
+    """A stream deleted and created again numbers its messages from 1 again: its seq 1 dying
+    for a consumer of the same name is another death, of another incarnation, and is kept
+    beside the first (each under its own incarnation, with its own payload and naks)."""
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    stream, subject = f"AGAIN_{unique}", f"again.{unique}"
+    rows_sql = (
+        "SELECT d.seq, d.payload, d.stream_id, s.created, "
+        "(SELECT count(*) FROM flowscope_nak n WHERE n.stream_name = d.stream_name"
+        " AND n.seq = d.seq AND n.consumer = d.consumer) "
+        "FROM flowscope_deadletter d LEFT JOIN flowscope_stream s ON s.id = d.stream_id "
+        "WHERE d.stream_name = %s ORDER BY d.died_at"
+    )
+
+    async def deaths(count: int) -> list[tuple[Any, ...]]:
+        async def check() -> list[tuple[Any, ...]] | None:
+            rows = await query(database_url, rows_sql, stream)
+            return rows if len(rows) >= count and all(r[2] for r in rows) else None
+
+        found: list[tuple[Any, ...]] = await eventually(check, what=f"{count} dead letters")
+        return found
+
+    async with tap_running(nats_server.url, database_url) as tap:
+        for round_ in (1, 2):
+            await _stream(js, stream, subject, "limits")
+            await eventually(lambda: _observing(tap, stream))
+            await js.publish(f"{subject}.poison", f"round {round_}".encode())
+            await _work(nc, js, stream)
+            rows = await deaths(round_)
+            if round_ == 1:
+                await js.delete_stream(stream)
+                await eventually(lambda: _gone(tap, stream), what="the tap let it go")
+        await eventually(lambda: _drained(js), what="every advisory acked")
+    await nc.close()
+    assert [(r[0], bytes(r[1])) for r in rows] == [(1, b"round 1"), (1, b"round 2")]
+    assert rows[0][2] != rows[1][2] and rows[0][3] < rows[1][3]  # two incarnations
+    assert [r[4] for r in rows] == [6, 6]  # the 3 naks of each death, each kept once
+
+
+async def _gone(tap: Any, stream: str) -> bool:
+    return stream not in tap.observers
+
+
 async def _drained(js: Any) -> Any:
     info = await js.consumer_info(ADVISORY_STREAM, ADVISORY_CONSUMER)
     return info if info.num_ack_pending == 0 and info.num_pending == 0 else None

@@ -232,7 +232,8 @@ def test_a_dead_letters_page_and_api_show_its_naks_in_order(
 
 def test_only_the_naks_of_this_life_are_shown(viewer: Client) -> None:
     """Another consumer's, another message's, the same sequence's in an earlier incarnation of
-    the stream and a later life's (after the death) are not this dead letter's; of many, the
+    the stream, in an earlier death in this one, and a later life's (after the death) are not
+    this dead letter's; of many, the
     last NAKS_SHOWN are shown, with the total."""
     t0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     stream = Stream.objects.create(name="ORDERS", created=t0, retention="limits")
@@ -246,10 +247,18 @@ def test_only_the_naks_of_this_life_are_shown(viewer: Client) -> None:
     def nak(n: int, at: datetime, seq: int = 7, consumer: str = "billing") -> None:
         Nak.objects.create(stream_name="ORDERS", seq=seq, consumer=consumer, deliveries=n, ts=at)
 
-    # (Another delivery number each: the key has no incarnation, as the dead letter's has none,
-    # so a nak of the same delivery in another life is not written; see Nak's docstring.)
-    nak(151, t0 - timedelta(days=1))  # an earlier incarnation's sequence 7
-    nak(152, died + timedelta(minutes=5))  # a later life: the consumer reset, delivered again
+    # (The same delivery numbers in other lives: the key has the time, see Nak's docstring.)
+    for n in (1, 2, 3):
+        nak(n, t0 - timedelta(days=1, seconds=-n))  # an earlier incarnation's sequence 7
+    nak(1, died + timedelta(minutes=5))  # a later life: the consumer reset, delivered again
+    # an earlier death of the same seq in this incarnation (the consumer created again)
+    DeadLetter.objects.create(
+        stream=stream, stream_name="ORDERS", seq=7, consumer="billing", deliveries=2,
+        reason=DeadLetter.Reason.MAX_DELIVERIES, payload_source=DeadLetter.PayloadSource.GONE,
+        died_at=t0 + timedelta(seconds=30), captured_at=t0 + timedelta(seconds=30),
+    )  # fmt: skip
+    nak(1, t0 + timedelta(seconds=10))
+    nak(2, t0 + timedelta(seconds=20))
     nak(1, t0 + timedelta(minutes=1), consumer="mailer")
     nak(1, t0 + timedelta(minutes=1), seq=8)
     for n in range(1, 151):
