@@ -21,6 +21,7 @@ from tests.taputil import tap_process
 from tests.test_browser_live import _wait
 from tests.test_browser_streams import _log_in
 from tests.test_replay import _letter, _letters, _messages, _publish, _run, _setup
+from tests.webutil import cards_fit
 
 pytestmark = pytest.mark.browser
 
@@ -51,6 +52,7 @@ def _shot(page: Any, name: str, narrow: bool = True) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}-1280.png"), full_page=True)
     if narrow:
         page.set_viewport_size({"width": 390, "height": 844})
+        cards_fit(page, at_least=0)  # tables of rows (jobs, dead letters) laid out as cards
         page.screenshot(path=str(ARTIFACTS / f"{name}-390.png"), full_page=True)
         page.set_viewport_size({"width": 1280, "height": 800})
 
