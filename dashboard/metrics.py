@@ -16,7 +16,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from prometheus_client import (
     GC_COLLECTOR,
     CollectorRegistry,
@@ -26,6 +28,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.django import PrometheusDjangoView
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -33,6 +36,8 @@ from prometheus_client.metrics_core import (
     SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
+
+from eventbus.httpserver import bearer_ok
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
@@ -140,3 +145,16 @@ class RequestMetrics:
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
         HTTP_EXCEPTIONS.labels(route_of(request), type(exception).__name__).inc()
+
+
+_SCRAPE = PrometheusDjangoView.as_view(registry=REGISTRY)
+
+
+def scrape(request: HttpRequest) -> HttpResponseBase:
+    """/metrics: this process's figures; with FLOWSCOPE_METRICS_TOKEN set, only for a request
+    carrying it as a bearer token (401 and a Bearer challenge otherwise), as the tap's port."""
+    if not bearer_ok(settings.FLOWSCOPE_METRICS_TOKEN, request.headers.get("Authorization")):
+        response = HttpResponse("a bearer token is needed\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return _SCRAPE(request)

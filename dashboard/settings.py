@@ -11,6 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from dashboard.live import DEFAULT_INTERVAL
 from eventbus import logs
+from eventbus.httpserver import metrics_token
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("FLOWSCOPE_STATE_DIR", BASE_DIR / ".state"))
@@ -220,6 +221,8 @@ FLOWSCOPE_METRICS_HOST = os.environ.get("FLOWSCOPE_METRICS_HOST", "127.0.0.1")
 FLOWSCOPE_TAP_METRICS_PORT = envint("FLOWSCOPE_TAP_METRICS_PORT", 9470)
 FLOWSCOPE_DEMO_METRICS_PORT = envint("FLOWSCOPE_DEMO_METRICS_PORT", 9471)
 # The web app's /readyz wants a tap heartbeat at most this many seconds old (0: no tap check).
+# /metrics of every process wants this bearer token when set (eventbus/httpserver.py)
+FLOWSCOPE_METRICS_TOKEN = metrics_token()
 FLOWSCOPE_READY_TAP_SECONDS = float(os.environ.get("FLOWSCOPE_READY_TAP_SECONDS", "10"))
 # Event journeys (dashboard/traces.py): a link from every trace id to the team's tracing UI,
 # e.g. https://jaeger.example/trace/{trace_id}; empty: no link.

@@ -1,7 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from prometheus_client.django import PrometheusDjangoView
 
 from dashboard import health, metrics, security, views
 from dashboard.pages import (
@@ -85,7 +84,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     # this process's own figures (each Daphne process answers for itself): dashboard/metrics.py
-    path("metrics", PrometheusDjangoView.as_view(registry=metrics.REGISTRY), name="metrics"),
+    path("metrics", metrics.scrape, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/", include("dashboard.api.urls")),
     # browsers ask for /favicon.ico whatever the page says

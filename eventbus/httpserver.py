@@ -9,13 +9,16 @@ NATS or PostgreSQL is gone.
 Plain asyncio: one request per connection, a bounded request head read with a timeout, the
 connection closed after the answer. A port that cannot be bound (another tap on this machine
 has it) is one clear log line and the process runs on without the port: never a crash loop.
+With FLOWSCOPE_METRICS_TOKEN set, `/metrics` wants it as a bearer token (401 without).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import os
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -45,6 +48,7 @@ class ProbeServer:
         host: str = "127.0.0.1",
         port: int = 0,
         setting: str = "",
+        token: str | None = None,
     ):
         self.name = name  # "tap", "demo": for log lines
         self.registry = registry
@@ -52,6 +56,8 @@ class ProbeServer:
         self.host = host
         self.port = port
         self.setting = setting  # the environment variable that chooses the port
+        # /metrics wants `Authorization: Bearer <token>` when one is set (the probes never do)
+        self.token = metrics_token() if token is None else token
         self.server: asyncio.Server | None = None
 
     @property
@@ -90,10 +96,15 @@ class ProbeServer:
             except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 await self._answer(writer, 400, "text/plain", b"bad request\n")
                 return
-            method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+            lines = head.decode("latin-1").split("\r\n")
+            method, _, rest = lines[0].partition(" ")
             path = rest.split(" ", 1)[0].split("?", 1)[0]
             if method not in ("GET", "HEAD"):
                 await self._answer(writer, 405, "text/plain", b"method not allowed\n")
+                return
+            if path == "/metrics" and not bearer_ok(self.token, _header(lines, "authorization")):
+                await self._answer(writer, 401, "text/plain", b"a bearer token is needed\n",
+                                   head_only=method == "HEAD", extra=CHALLENGE)  # fmt: skip
                 return
             status, content_type, body = self.respond(path)
             await self._answer(writer, status, content_type, body, head_only=method == "HEAD")
@@ -122,15 +133,45 @@ class ProbeServer:
         content_type: str,
         body: bytes,
         head_only: bool = False,
+        extra: str = "",
     ) -> None:
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  503: "Service Unavailable"}.get(status, "")  # fmt: skip
+        reason = REASONS.get(status, "")
         head = (
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"HTTP/1.1 {status} {reason}\r\n{extra}Content-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
         )
         writer.write(head.encode("latin-1") + (b"" if head_only else body))
         await writer.drain()
+
+
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+           405: "Method Not Allowed", 503: "Service Unavailable"}  # fmt: skip
+CHALLENGE = 'WWW-Authenticate: Bearer realm="metrics"\r\n'
+
+
+def metrics_token() -> str:
+    """FLOWSCOPE_METRICS_TOKEN: when set, every process's /metrics (web, tap, demo) answers
+    only a request carrying `Authorization: Bearer <it>` (Prometheus' `authorization`
+    setting); the probes (/healthz, /readyz) stay open for the orchestrator."""
+    return os.environ.get("FLOWSCOPE_METRICS_TOKEN", "").strip()
+
+
+def bearer_ok(token: str, authorization: str | None) -> bool:
+    """True with no token set, or when `authorization` is `Bearer <token>` (compared in
+    constant time)."""
+    if not token:
+        return True
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                               token.encode())  # fmt: skip
+
+
+def _header(lines: list[str], name: str) -> str | None:
+    for line in lines[1:]:
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == name:
+            return value.strip()
+    return None
 
 
 def parse_port(value: str, default: int) -> int:

@@ -12,7 +12,7 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from eventbus.embedded import free_port
-from eventbus.httpserver import parse_port, readiness
+from eventbus.httpserver import ProbeServer, parse_port, readiness
 from tests.metricsutil import names, scrape, stop, tap_process, value
 from tests.webutil import daphne, get, wait_until
 
@@ -35,6 +35,59 @@ def test_a_port_setting_is_a_port_or_off():
     for bad in ("70000", "-1", "http"):
         with pytest.raises(ValueError):
             parse_port(bad, 9470)
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, str, bytes]:
+    """(status, WWW-Authenticate, body) of a GET, with `Authorization: Bearer <token>`."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers.get("WWW-Authenticate", ""), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("WWW-Authenticate", ""), exc.read()
+
+
+async def test_a_metrics_token_guards_the_tap_ports_metrics_not_its_probes():
+    """FLOWSCOPE_METRICS_TOKEN: /metrics only with the token as a bearer; probes stay open."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    registry = CollectorRegistry()
+    Counter("flowscope_probe_test", "a test counter", registry=registry).inc()
+    for token, wanted in (("", 200), ("s3cret-token", 401)):
+        port = ProbeServer("test", registry, lambda: {"x": "ok"}, port=0, token=token)
+        assert await port.start()
+        try:
+            status, challenge, body = await asyncio.to_thread(_get, port.url + "/metrics")
+            assert status == wanted and (challenge == 'Bearer realm="metrics"') == bool(token)
+            if token:
+                assert b"flowscope_probe_test" not in body
+                for wrong in ("s3cret", "s3cret-token2", ""):
+                    assert (await asyncio.to_thread(_get, port.url + "/metrics", wrong))[0] == 401
+                ok = await asyncio.to_thread(_get, port.url + "/metrics", token)
+                assert ok[0] == 200 and b"flowscope_probe_test_total 1.0" in ok[2]
+            for probe in ("/healthz", "/readyz"):
+                assert (await asyncio.to_thread(_get, port.url + probe))[0] == 200
+        finally:
+            await port.close()
+
+
+def test_a_metrics_token_guards_the_web_apps_metrics(client, settings, db):
+    settings.FLOWSCOPE_METRICS_TOKEN = ""
+    assert client.get("/metrics").status_code == 200
+    settings.FLOWSCOPE_METRICS_TOKEN = "s3cret-token"
+    refused = client.get("/metrics")
+    assert refused.status_code == 401 and refused["WWW-Authenticate"] == 'Bearer realm="metrics"'
+    assert b"flowscope_http_requests" not in refused.content
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer nope").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Basic s3cret-token").status_code == 401
+    scraped = client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-token")
+    assert scraped.status_code == 200 and b"flowscope_http_requests" in scraped.content
+    assert client.get("/healthz").status_code == 200
 
 
 async def publish(url: str, stream: str, subject: str, count: int) -> None:
