@@ -74,7 +74,7 @@ def test_the_overview_shows_each_tap_with_its_state_and_what_it_is_behind(client
     assert '300 <small class="muted">events</small>' in html
     assert 'data-tap="stuck" data-state="stalled"' in html
     assert 'data-tap="gone" data-state="silent"' in html
-    assert 'data-field="recorded">1,200<' in html  # figures grouped by thousands, as elsewhere
+    assert 'data-field="recorded" data-label="Recorded">1,200<' in html  # grouped by thousands
 
 
 @pytest.mark.django_db
