@@ -64,6 +64,9 @@ def test_stream_pages_say_how_each_stream_is_observed_and_show_gaps(
         lim, wq = rows[f"LIM_{unique}"], rows[f"WQ_{unique}"]
         assert lim[0] == f"LIM_{unique}\nlimits · ephemeral ack-none consumer"
         assert wq[0] == f"WQ_{unique}\nworkqueue · subject subscription"
+        # the jargon links to its explanation on the stream's page
+        how = page.locator(f'#streams tr[data-stream="LIM_{unique}"] a.how')
+        assert how.get_attribute("href") == f"/streams/LIM_{unique}/#observation"
         assert "sampled every" in page.locator("#streams-legend").inner_text()
 
         _wait_for_text(page, f"{web}/streams/LIM_{unique}/", "#gaps", "20")
@@ -142,12 +145,12 @@ def test_names_subjects_and_services_from_the_wire_are_shown_as_text_never_marku
         _log_in(page, web, alice)
         _wait_for_text(page, web + "/", "#consumers", f"ESC_{unique}")
         row = page.locator("#streams tbody tr").filter(has_text=f"ESC_{unique}")
-        shows("overview: stream", row.locator("td a"), wire["stream"])
+        shows("overview: stream", row.locator("td a").first, wire["stream"])
         cells = page.locator("#consumers tbody tr").filter(has_text=f"ESC_{unique}").locator("td")
         shows("overview: consumer's stream", cells.nth(0).locator("a"), wire["stream"])
         shows("overview: consumer", cells.nth(1).locator("a"), wire["consumer"])
 
-        row.locator("td a").click()  # its address carries the name too
+        row.locator("td a").first.click()  # its address carries the name too
         _wait_for_text(page, page.url, "#facts", "3 events")  # all recorded
         shows("stream page: heading", page.locator("h1 .mono"), wire["stream"])
         subjects = f"{wire['filter']}, {wire['filter2']}"
