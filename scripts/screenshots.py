@@ -3,7 +3,8 @@
     .venv/bin/python scripts/screenshots.py http://127.0.0.1:8000 admin PASSWORD [PATH ...]
 
 Logs in, then saves docs/<name>.png for each page path (default: the overview and the first
-stream's page). Uses Debian's chromium, like the browser tests."""
+stream's page); a path ending in `@phone` is taken 390 px wide, whole, as docs/<name>-phone.png.
+Uses Debian's chromium, like the browser tests."""
 
 from __future__ import annotations
 
@@ -35,9 +36,15 @@ def main(base: str, user: str, password: str, paths: list[str]) -> None:
             if first.count():
                 paths.append(first.get_attribute("href") or "/")
         for path in paths:
+            path, phone = path.removesuffix("@phone"), path.endswith("@phone")
+            page.set_viewport_size(
+                {"width": 390 if phone else 1280, "height": 844 if phone else 800}
+            )
             page.goto(base + path)
+            page.wait_for_timeout(1500)  # charts drawn, the first push in
             name = path.strip("/").replace("/", "-") or "overview"
-            page.screenshot(path=str(DOCS / f"{name}.png"), full_page=(name == "overview"))
+            name += "-phone" if phone else ""
+            page.screenshot(path=str(DOCS / f"{name}.png"), full_page=phone or name == "overview")
             print(DOCS / f"{name}.png")
         browser.close()
 
