@@ -73,6 +73,7 @@ import txaio  # noqa: E402
 from nats.aio.client import Client  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 
+from bench.markup import recorded_pattern  # noqa: E402
 from bench.verdict import exit_status  # noqa: E402
 from dashboard.live import DEFAULT_INTERVAL  # noqa: E402
 from eventbus.embedded import (  # noqa: E402
@@ -660,11 +661,8 @@ class Socket(WebSocketClientProtocol):  # type: ignore[misc]
 async def open_sockets(env: Environment, cookie: str, stream: str, n: int) -> list[Socket]:
     parts = urlparse(env.web_url)
     clients: list[Socket] = []
-    pattern = re.compile(  # the counter as shown: "12,345"
-        rb'data-stream="' + re.escape(stream.encode()) + rb'".*?data-field="recorded">([\d,]+)',
-        re.DOTALL,
-    )
-    protocol = type("BenchSocket", (Socket,), {"pattern": pattern, "clients": clients})
+    protocol = type("BenchSocket", (Socket,), {"pattern": recorded_pattern(stream),
+                                               "clients": clients})  # fmt: skip
     factory = WebSocketClientFactory(
         f"ws://{parts.netloc}/ws/live/?topics=overview",
         origin=env.web_url, headers={"Cookie": f"sessionid={cookie}"},

@@ -117,6 +117,21 @@ def test_the_overview_draws_rate_lag_and_trend_from_the_stored_samples():
     assert row.worst is not None and row.worst.name == "slow" and row.worst_trend == "growing"
 
 
+@pytest.mark.django_db
+def test_the_benchmarks_socket_reads_the_counter_the_overview_pushes():
+    """bench/live.py times a script's socket by the recorded counter in the pushed HTML."""
+    from django.utils import timezone
+
+    from bench.markup import recorded_pattern
+    from dashboard.models import Checkpoint, Stream
+    from dashboard.pages.overview import overview_live_html
+
+    stream = Stream.objects.create(name="BENCH", created=timezone.now(), retention="limits")
+    Checkpoint.objects.create(stream=stream, last_seq=12345, recorded=12345)
+    found = recorded_pattern("BENCH").search(overview_live_html().encode())
+    assert found is not None and found.group(1) == b"12,345"
+
+
 def test_rates_trends_and_store_names():
     points = [(0.0, 0), (5.0, 50), (10.0, 150), (15.0, 10)]  # purged and reset at the end
     assert rate_series(points) == ([5.0, 10.0, 15.0], [10.0, 20.0, 0.0])
