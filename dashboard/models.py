@@ -300,9 +300,9 @@ class ApiToken(models.Model):
 class DeadLetter(models.Model):
     """A message a consumer gave up on (eventbus/deadletters.py captures them): from the
     server's max-deliveries or terminated advisory, or a message of a dead-letter stream
-    (FLOWSCOPE_DLQ_STREAMS). Once per death, whatever taps run or restart: the key is (stream,
-    seq, consumer, the advisory's time), which a redelivered advisory repeats and a death of the
-    same seq in a stream or consumer created again does not."""
+    (FLOWSCOPE_DLQ_STREAMS). Once per death, whatever taps run or restart: (stream, seq,
+    consumer) within one life of the stream and the consumer (eventbus/deadletters.py `insert`;
+    the unique key adds the advisory's time, so a recreated stream's seq dying again is kept)."""
 
     class Reason(models.TextChoices):
         MAX_DELIVERIES = "max_deliveries", "delivered the maximum number of times"
@@ -346,8 +346,8 @@ class DeadLetter(models.Model):
     class Meta:
         db_table = "flowscope_deadletter"
         constraints = [
-            # one row per death: a stream created again (its sequences start at 1 again) or a
-            # consumer of the same name created again may let the same seq die once more
+            # a stream created again (its sequences start at 1 again) or a consumer of the same
+            # name created again may let the same seq die once more: another row
             models.UniqueConstraint(
                 fields=["stream_name", "seq", "consumer", "died_at"], name="deadletter_unique"
             )

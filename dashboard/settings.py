@@ -220,9 +220,9 @@ FLOWSCOPE_DLQ_STREAMS = [
 FLOWSCOPE_METRICS_HOST = os.environ.get("FLOWSCOPE_METRICS_HOST", "127.0.0.1")
 FLOWSCOPE_TAP_METRICS_PORT = envint("FLOWSCOPE_TAP_METRICS_PORT", 9470)
 FLOWSCOPE_DEMO_METRICS_PORT = envint("FLOWSCOPE_DEMO_METRICS_PORT", 9471)
-# The web app's /readyz wants a tap heartbeat at most this many seconds old (0: no tap check).
 # /metrics of every process wants this bearer token when set (eventbus/httpserver.py)
 FLOWSCOPE_METRICS_TOKEN = metrics_token()
+# The web app's /readyz wants a tap heartbeat at most this many seconds old (0: no tap check).
 FLOWSCOPE_READY_TAP_SECONDS = float(os.environ.get("FLOWSCOPE_READY_TAP_SECONDS", "10"))
 # Event journeys (dashboard/traces.py): a link from every trace id to the team's tracing UI,
 # e.g. https://jaeger.example/trace/{trace_id}; empty: no link.

@@ -10,10 +10,10 @@ Where they come from:
 - Streams named in FLOWSCOPE_DLQ_STREAMS (names or fnmatch patterns): each message there is one
   dead letter, read by a durable consumer of the same kind (`flowscope_dlq`).
 
-Exactly once per death: the unique key (stream, seq, consumer, the advisory's time) with INSERT
-... ON CONFLICT DO NOTHING, and the ack after the commit (a redelivered advisory repeats its time,
-finds its row and is acked again; the same seq dying in a stream or consumer created again is
-another death, and another row).
+Exactly once per death, and the ack after the commit. A death is (stream, seq, consumer) within
+one life of the stream and the consumer (`insert`): a redelivered advisory, or the server's own
+repeat of it with a new time, finds the row and is acked again; the same seq dying in a stream or
+consumer created again is another death, and another row.
 
 The message itself: read from its stream by sequence (after max deliveries the server keeps
 it), else the tap's stored copy (a terminated message leaves interest and work-queue streams),
@@ -205,6 +205,14 @@ def parse_nak(data: bytes, now: datetime | None = None) -> NakReport:
         deliveries=_positive_int(body, "deliveries"),  # part of the key: required
         at=at or now or datetime.now(UTC),
     )
+
+
+def _stored_at(msg: Msg) -> datetime | None:
+    """When the advisory stream stored `msg` (None for a message not from a stream)."""
+    try:
+        return msg.metadata.timestamp
+    except Exception:  # nats-py raises NotJSMessageError for a core message
+        return None
 
 
 def _header(headers: dict[str, str] | None, name: str) -> str:
@@ -412,7 +420,7 @@ class DeadLetterCapture:
         parsed: list[Msg] = []
         for msg in msgs:
             try:
-                report = parse_nak(msg.data)
+                report = parse_nak(msg.data, _stored_at(msg))
             except BadAdvisory as exc:
                 await self._ignore(msg, exc)  # acked
                 continue
@@ -451,8 +459,8 @@ class DeadLetterCapture:
         await msg.ack()  # after the commit (autocommit): a lost ack only repeats
 
     async def _parse(self, msg: Msg) -> Death | None:
-        try:
-            return parse_advisory(msg.data)
+        try:  # (an advisory without a time: the time it was stored, the same on redelivery)
+            return parse_advisory(msg.data, _stored_at(msg))
         except BadAdvisory as exc:
             await self._ignore(msg, exc)
             return None
@@ -612,25 +620,59 @@ async def recorded(
     return GONE
 
 
-async def insert(db: psycopg.AsyncConnection[Any], death: Death, original: Original) -> bool:
-    """One dead letter, unless it is already there; True when this call wrote it."""
-    found = await incarnation(db, death.stream, death.died_at)
+async def life_start(
+    db: psycopg.AsyncConnection[Any], death: Death, stream_id: int | None
+) -> datetime | None:
+    """When the life the message died in began: the later of its stream incarnation's and its
+    consumer's creation (as the server gave them); None when the tap has not seen the stream."""
+    if stream_id is None:
+        return None
     cur = await db.execute(
-        """
-        INSERT INTO flowscope_deadletter (stream_id, stream_name, seq, consumer, reason,
-            terminate_reason, deliveries, subject, headers, payload, truncated, payload_source,
-            origin_stream, origin_seq, died_at, captured_at, status, status_note)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), 'new', '')
-        ON CONFLICT (stream_name, seq, consumer, died_at) DO NOTHING
-        RETURNING id
-        """,
-        (found[0] if found else None, death.stream, death.seq, death.consumer, death.reason,
-         death.terminate_reason, death.deliveries, original.subject,
-         Jsonb(original.headers) if original.headers else None, original.payload,
-         original.truncated, original.source, death.origin_stream, death.origin_seq,
-         death.died_at),
-    )  # fmt: skip
-    return await cur.fetchone() is not None
+        "SELECT GREATEST(s.created, c.created) FROM flowscope_stream s "
+        "LEFT JOIN flowscope_consumer c ON c.stream_id = s.id AND c.name = %s "
+        "AND c.created <= %s WHERE s.id = %s",
+        (death.consumer, death.died_at, stream_id),
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def insert(db: psycopg.AsyncConnection[Any], death: Death, original: Original) -> bool:
+    """One dead letter, unless this death is already there; True when this call wrote it.
+
+    One death: (stream, seq, consumer) within one life of the stream and the consumer. The server
+    may send a message's max-deliveries advisory again (after a restart or a leader change, with
+    a new time): a row of the same seq and consumer since the life began is that death. A stream
+    or consumer created again is a new life: its seq dying again is another row. Taps racing on
+    one death take turns (a transaction-scoped advisory lock on the key)."""
+    found = await incarnation(db, death.stream, death.died_at)
+    stream_id = found[0] if found else None
+    since = await life_start(db, death, stream_id)
+    async with db.transaction():
+        await db.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            (f"flowscope.deadletter/{death.stream}/{death.seq}/{death.consumer}",),
+        )
+        cur = await db.execute(
+            """
+            INSERT INTO flowscope_deadletter (stream_id, stream_name, seq, consumer, reason,
+                terminate_reason, deliveries, subject, headers, payload, truncated,
+                payload_source, origin_stream, origin_seq, died_at, captured_at, status,
+                status_note)
+            SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), 'new', ''
+            WHERE NOT EXISTS (
+                SELECT 1 FROM flowscope_deadletter WHERE stream_name = %s AND seq = %s
+                AND consumer = %s AND died_at >= COALESCE(%s, '-infinity'::timestamptz))
+            ON CONFLICT (stream_name, seq, consumer, died_at) DO NOTHING
+            RETURNING id
+            """,
+            (stream_id, death.stream, death.seq, death.consumer, death.reason,
+             death.terminate_reason, death.deliveries, original.subject,
+             Jsonb(original.headers) if original.headers else None, original.payload,
+             original.truncated, original.source, death.origin_stream, death.origin_seq,
+             death.died_at, death.stream, death.seq, death.consumer, since),
+        )  # fmt: skip
+        return await cur.fetchone() is not None
 
 
 async def insert_naks(db: psycopg.AsyncConnection[Any], naks: list[NakReport]) -> int:

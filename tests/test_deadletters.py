@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats
@@ -324,7 +324,8 @@ async def test_each_message_of_a_dlq_stream_is_a_dead_letter(nats_server, databa
 
 
 async def test_an_advisory_delivered_twice_is_one_dead_letter(nats_server, database_url, unique):
-    """A redelivered advisory (its ack lost, or the server's own repeat) finds its row."""
+    """A redelivered advisory (its ack lost) finds its row, and so does the server's own repeat
+    of it with a new time (it sends it again after a restart or a leader change)."""
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     stream, subject = f"TWICE_{unique}", f"twice.{unique}"
@@ -333,16 +334,18 @@ async def test_an_advisory_delivered_twice_is_one_dead_letter(nats_server, datab
     digests = await nc.subscribe("flowscope.digest.deadletters")
     async with tap_running(nats_server.url, database_url) as tap:
         await eventually(lambda: _stream_exists(js, ADVISORY_STREAM))
-        now = datetime.now(UTC).isoformat().replace("+00:00", "Z").encode()
-        advisory = MAX_DELIVER.replace(b'"WQ"', json.dumps(stream).encode()).replace(
-            b"2026-12-02T15:25:56.573183132Z", now
-        )
-        for _ in range(2):
-            await nc.publish(
-                f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.worker", advisory
+
+        def advisory(at: datetime) -> bytes:
+            stamp = at.isoformat().replace("+00:00", "Z").encode()
+            return MAX_DELIVER.replace(b'"WQ"', json.dumps(stream).encode()).replace(
+                b"2026-12-02T15:25:56.573183132Z", stamp
             )
+
+        now = datetime.now(UTC)
+        for copy in (advisory(now), advisory(now), advisory(now + timedelta(seconds=2))):
+            await nc.publish(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.worker", copy)
         rows = await _rows(database_url, stream, 1)
-        await eventually(lambda: _drained(js), what="both copies acked")
+        await eventually(lambda: _drained(js), what="every copy acked")
         assert tap.deadletters is not None and tap.deadletters.written == 1
         digest = json.loads((await digests.next_msg(timeout=5)).data)
     await nc.close()

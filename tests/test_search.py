@@ -259,27 +259,35 @@ def test_a_cursor_only_continues_its_own_filter(orders: Stream) -> None:
 def test_kind_keeps_kv_buckets_and_object_stores_apart(orders: Stream) -> None:
     """KV buckets and object stores are streams (KV_*, OBJ_*): `kind` searches only the
     application streams, only the buckets or only the stores; a named stream ignores it."""
+    # no object store at all: answered at once, complete, not a 2 s walk through everything
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        page = search_events(parse_filter({"kind": "object"}), now=NOW)
+    assert page.items == [] and page.next is None and page.exact_total == 0
+    assert len(queries) <= 2, [q["sql"] for q in queries]  # the stores asked for; no walk
     old_kv = make_stream("KV_config", days_ago=2)
     make_stream("KV_config", days_ago=1)  # a newer incarnation: the older one's events count
     obj = make_stream("OBJ_files")
-    for plain in ("KV", "OBJ"):  # no prefix: application streams
+    for plain in ("KV", "OBJ", "KV_"):  # no prefix, or nothing after it: application streams
         make_stream(plain)
     base = NOW - timedelta(seconds=5)
     store(old_kv, [{"seq": 1, "ts": base, "subject": "$KV.config.a"}])
     store(obj, [{"seq": 1, "ts": base, "subject": "$O.files.C.x"}])
     store(Stream.objects.get(name="KV"), [{"seq": 1, "ts": base, "subject": "kv.plain"}])
+    store(Stream.objects.get(name="KV_"), [{"seq": 1, "ts": base, "subject": "kv_.plain"}])
 
     def subjects_of(**params: str) -> list[str]:
         page = search_events(parse_filter(params), limit=500, now=NOW)
         return [i["subject"] for i in page.items]
 
     every = subjects_of()
-    assert "$KV.config.a" in every and "$O.files.C.x" in every and len(every) == 303
+    assert "$KV.config.a" in every and "$O.files.C.x" in every and len(every) == 304
     assert subjects_of(kind="all") == every
     streams = subjects_of(kind="stream")
     assert (
-        len(streams) == 301
-        and "kv.plain" in streams
+        len(streams) == 302
+        and {"kv.plain", "kv_.plain"} <= set(streams)
         and not any(s.startswith("$") for s in streams)
     )
     assert subjects_of(kind="kv") == ["$KV.config.a"]
@@ -289,6 +297,8 @@ def test_kind_keeps_kv_buckets_and_object_stores_apart(orders: Stream) -> None:
     assert subjects_of(kind="stream", stream="KV_config") == ["$KV.config.a"]
     assert parse_filter({"kind": "stream", "stream": "ORDERS"}).kind == ""
     assert parse_filter({"kind": "KV"}).kind == "kv"
+    # `all` and no kind are the same search: one's cursor serves the other
+    assert parse_filter({"kind": "all"}).fingerprint() == parse_filter({}).fingerprint()
 
 
 def test_an_unknown_stream_or_a_bad_limit_is_an_error_not_an_empty_answer(orders: Stream) -> None:

@@ -319,17 +319,25 @@ def test_a_page_opens_on_the_range_its_data_fills(logged_in, db):
 
     from django.utils import timezone
 
-    from dashboard.models import StreamSample
+    from dashboard.models import ConsumerSample, StreamSample
 
     stream, consumer = _markup_stream()
     base = f"/streams/{stream.name}/"
     opened = lambda url: str(page(logged_in, url).by_id("live-socket").attrs["ws-connect"])  # noqa: E731
     now = timezone.now()
+    mine = base + f"consumers/{consumer.name}/"
+
+    def sample(minutes: int, consumer_too: bool = True) -> None:
+        ts = now - timedelta(minutes=minutes)
+        StreamSample.objects.create(stream=stream, ts=ts, last_seq=1)
+        if consumer_too:
+            ConsumerSample.objects.create(stream=stream, ts=ts, consumer=consumer.name)
+
     for minutes in (1, 5, 14):
-        StreamSample.objects.create(stream=stream, ts=now - timedelta(minutes=minutes), last_seq=1)
-    assert opened(base).endswith(":15m")
-    assert opened(base + f"consumers/{consumer.name}/").endswith(":15m")
-    StreamSample.objects.create(stream=stream, ts=now - timedelta(minutes=16), last_seq=1)
-    assert opened(base).endswith(":1h")
-    assert opened(base + f"consumers/{consumer.name}/").endswith(":1h")
+        sample(minutes)
+    assert opened(base).endswith(":15m") and opened(mine).endswith(":15m")
+    sample(16, consumer_too=False)  # the stream's samples reach back; the consumer is new
+    assert opened(base).endswith(":1h") and opened(mine).endswith(":15m")
+    sample(20)
+    assert opened(mine).endswith(":1h")
     assert opened(base + "?range=15m").endswith(":15m")

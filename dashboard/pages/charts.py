@@ -34,17 +34,25 @@ def parse_range(value: str | None) -> str:
     return value if value in RANGES else DEFAULT_RANGE
 
 
-def default_range(stream_id: int, now: datetime) -> str:
-    """The range a page opens on: 15 min while the stream's samples (one every few seconds
-    while a tap watches it) reach back less than that within the last hour, so minutes of data
-    are not squeezed into the right edge of an hour; else DEFAULT_RANGE. One probe of the
-    (stream, ts) index."""
+def default_range(stream_id: int, now: datetime, consumer: str | None = None) -> str:
+    """The range a page opens on: 15 min while the samples it charts (the stream's, or the
+    consumer's on its page; one every few seconds while a tap watches) reach back less than
+    that within the last hour, so minutes of data are not squeezed into the right edge of an
+    hour; else DEFAULT_RANGE. One probe of the (stream, ts) or (stream, consumer, ts) index."""
     short = RANGES["15m"]
+    since = now - RANGES[DEFAULT_RANGE]
     with connection.cursor() as cur:
-        cur.execute(
-            "SELECT min(ts) FROM flowscope_stream_sample WHERE stream_id = %s AND ts >= %s",
-            [stream_id, now - RANGES[DEFAULT_RANGE]],
-        )
+        if consumer is None:
+            cur.execute(
+                "SELECT min(ts) FROM flowscope_stream_sample WHERE stream_id = %s AND ts >= %s",
+                [stream_id, since],
+            )
+        else:
+            cur.execute(
+                "SELECT min(ts) FROM flowscope_consumer_sample"
+                " WHERE stream_id = %s AND consumer = %s AND ts >= %s",
+                [stream_id, consumer, since],
+            )
         (oldest,) = cur.fetchone() or (None,)
     return "15m" if oldest is None or oldest > now - short else DEFAULT_RANGE
 

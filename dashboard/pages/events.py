@@ -73,6 +73,11 @@ def events(request: HttpRequest) -> HttpResponse:
         "page": page,
         "ranges": RANGES,
         "kinds": KINDS,
+        "kind": (form.get("kind") or "").strip().lower(),
+        # nothing but a kind asked for: say which, so an empty page points at the menu
+        "only_kind": dict(KINDS).get(f.kind)
+        if f.kind != "all" and f.but(kind="").is_empty()
+        else "",
         "streams": _streams(),
         "first_page": not request.GET.get("cursor"),
         "filter_qs": f.query_string(),

@@ -159,10 +159,12 @@ def stream_context(stream: Stream, range_key: str, now: datetime | None = None) 
     }
 
 
-def page_range(request: HttpRequest, stream: Stream) -> str:
-    """The chart range asked for (`?range=`), else the one the stream's data suits."""
+def page_range(request: HttpRequest, stream: Stream, consumer: str | None = None) -> str:
+    """The chart range asked for (`?range=`), else the one the charted samples suit."""
     asked = request.GET.get("range")
-    return asked if asked in charts.RANGES else charts.default_range(stream.id, timezone.now())
+    if asked in charts.RANGES:
+        return asked
+    return charts.default_range(stream.id, timezone.now(), consumer)
 
 
 def _render_oob(template: str, partials: tuple[str, ...], context: dict[str, Any]) -> str:
@@ -275,7 +277,7 @@ def consumer_detail(request: HttpRequest, name: str, consumer: str) -> HttpRespo
             {"stream": stream, "name": consumer, "deleted": deleted},
             status=404,
         )
-    context = consumer_context(stream, found, page_range(request, stream))
+    context = consumer_context(stream, found, page_range(request, stream, found.name))
     if _wants_partial(request):
         parts = ("consumer-charts", "live-socket")
         response = _render_parts(request, CONSUMER_TEMPLATE, parts, context)

@@ -83,7 +83,9 @@ class EventFilter:
 
     def fingerprint(self) -> str:
         """Names the filter in a cursor, so a cursor is only used with the filter it came from."""
-        body = json.dumps(asdict(self), default=str, sort_keys=True)
+        fields_ = asdict(self)
+        fields_["kind"] = "" if self.kind == "all" else self.kind  # the same search either way
+        body = json.dumps(fields_, default=str, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:12]
 
     def is_empty(self) -> bool:

@@ -129,7 +129,8 @@ def _plain(text: str) -> bool:
     return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
-STORE_PREFIXES = {"kv": "KV\\_%", "object": "OBJ\\_%"}
+# a name past the prefix, as dashboard/pages/overview.py's kind_of: a stream named `KV_` is a stream
+STORE_PREFIXES = {"kv": "KV\\__%", "object": "OBJ\\__%"}
 
 
 def kind_ids(kind: str) -> list[int]:
@@ -274,6 +275,8 @@ def _segments(f: EventFilter) -> tuple[str, list[_Segment], dict[int, str]]:
         stored = stored_subjects(f.subject) if f.subject and alone else None
         if stored is not None:  # a few concrete subjects: one index scan each, merged
             return "subject", [_Segment("subjects", "subjects", [], [stored])], {}
+        if f.kind in STORE_PREFIXES and not kind_ids(f.kind):  # no such stream: nothing to walk
+            return "time", [], {}
         return "time", [_Segment("all", "time")], {}
     streams = incarnations(f.stream)
     if not streams:
