@@ -89,9 +89,12 @@ def _shoot(page: Any, name: str) -> None:
     if name == "dead-letters":  # the header's "select all shown" box stays, above the cards
         box = page.locator("#dead-letters thead input.pick-all").bounding_box()
         assert box is not None and 0 < box["width"] < 40 and box["x"] + box["width"] <= 390
-        page.mouse.wheel(0, box["y"] - 300)  # in the window, then: what is drawn there is it
-        hit = page.evaluate("""() => { const r = document.querySelector(
-            '#dead-letters thead input.pick-all').getBoundingClientRect();
+        # brought into the window: what is drawn at its centre is the box (not clipped away)
+        hit = page.evaluate("""async () => {
+            const box = () => document.querySelector('#dead-letters thead input.pick-all');
+            box().scrollIntoView({block: 'center'});
+            await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+            const r = box().getBoundingClientRect();
             return document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2)
                 ?.classList.contains('pick-all'); }""")
         assert hit, "the select-all box is not in view on a phone"
