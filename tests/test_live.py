@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import nats
 import pytest
@@ -16,7 +17,7 @@ from channels.testing import WebsocketCommunicator
 from dashboard.live import hub as hub_module
 from dashboard.live.consumer import LiveConsumer
 from dashboard.live.hub import LiveHub, dirty_topics, group_name, split_roots
-from dashboard.live.topics import base_topic, parse_topic, parse_topics
+from dashboard.live.topics import base_topic, make_topic, parse_topic, parse_topics
 from dashboard.pages.overview import kind_of, rate_series, recent_rate, trend
 from tests.netutil import proxy_to
 
@@ -38,6 +39,28 @@ def test_topics_are_only_what_a_page_shows():
     query = "topics=overview,stream:A,stream:A,bogus,stream:B&topics=consumer:A:c"
     assert parse_topics(query) == ["overview", "stream:A", "stream:B", "consumer:A:c"]
     assert len(parse_topics("topics=" + ",".join(f"stream:S{i}" for i in range(50)))) == 8
+
+
+def test_names_with_commas_colons_and_percents_keep_their_own_topics():
+    """NATS allows `,`, `:` and `%` in stream and consumer names: the page of stream `a,b`
+    watched `stream:a` (the comma split it), and one of `v1:orders` nothing. The names travel
+    percent-encoded; the page's socket and the digests spell the topic the same way."""
+    from urllib.parse import quote
+
+    for stream, consumer in (("a,b", "c:d"), ("v1:orders", "50%"), ("ORDERS", "app")):
+        # what the stream and consumer pages put in ws-connect (urlencode:'' twice)
+        enc = lambda n: quote(quote(n, safe=""), safe="")  # noqa: E731
+        page = parse_topics(f"topics=stream:{enc(stream)}:15m")
+        other = parse_topics(f"topics=consumer:{enc(stream)}:{enc(consumer)}")
+        assert page == [make_topic("stream", stream, "15m")], page
+        assert parse_topic(page[0]) == ("stream", (stream, "15m"))
+        assert other == [make_topic("consumer", stream, consumer)]
+        assert parse_topic(other[0]) == ("consumer", (stream, consumer))
+        lag: dict[str, Any] = {"streams": {stream: {"consumers": {consumer: {}}}}}
+        dirty = dirty_topics("flowscope.digest.lag", lag)
+        assert base_topic(page[0]) in dirty and other[0] in dirty
+    assert make_topic("stream", "ORDERS") == "stream:ORDERS"  # plain names read as before
+    assert parse_topics("topics=stream:a,b") == ["stream:a"]  # an unencoded comma splits
 
 
 def test_group_names_are_valid_for_any_topic():

@@ -12,6 +12,7 @@ import pytest
 from django.test import Client
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
+from dashboard.live.topics import make_topic
 from dashboard.models import Consumer, ConsumerSample, Event, Stream
 from dashboard.pages.streams import (
     CONSUMER_PARTIALS,
@@ -223,6 +224,19 @@ def _markup_stream() -> tuple[Stream, Consumer]:
     return stream, consumer
 
 
+def test_a_page_of_a_name_with_a_comma_or_colon_watches_its_own_topic(logged_in, db):
+    """NATS allows `,` and `:` in names: the page of `v1:a,b` watched `stream:v1` before."""
+    now = datetime.now(UTC)
+    stream = Stream.objects.create(name="v1:a,b", created=now, retention="limits", state_at=now)
+    Consumer.objects.create(stream=stream, name="c,d:e", last_seen=now)
+    base = "/streams/v1:a,b/"
+    socket = page(logged_in, base).by_id("live-socket")
+    assert _watched(socket) == [make_topic("stream", "v1:a,b", "15m")]
+    socket = page(logged_in, base + "consumers/c,d:e/").by_id("live-socket")
+    assert _watched(socket) == [make_topic("consumer", "v1:a,b", "c,d:e", "15m")]
+    assert stream_live_html("v1:a,b", "15m") is not None  # what the hub renders for it
+
+
 def test_markup_in_names_subjects_and_headers_is_shown_as_text(logged_in, db):
     stream, consumer = _markup_stream()
     url = f"/streams/{stream.name}/"
@@ -244,9 +258,16 @@ def test_markup_in_names_subjects_and_headers_is_shown_as_text(logged_in, db):
     assert tree.find_all("h1")[0].find_all("span")[0].text() == consumer.name
     assert facts(tree, "config")["Filter subjects"] == "esc.<script>x</script>"
     ws = next(e for e in tree.elements() if "ws-connect" in e.attrs)
-    assert ws.attrs["ws-connect"] == (
-        "/ws/live/?topics=consumer:ESC_%3Ci%26amp%3B%22%27:app_%3Ci%26amp%3B%22%27:15m"
-    )  # no samples yet: the page opens on 15 min and watches that range
+    # the socket watches the topic the digests name, the names intact (no samples yet: the
+    # page opens on 15 min and watches that range)
+    assert _watched(ws) == [make_topic("consumer", stream.name, consumer.name, "15m")]
+
+
+def _watched(socket: Node) -> list[str]:
+    """The topics a socket element's ws-connect URL asks for, as the server reads them."""
+    from dashboard.live.topics import parse_topics
+
+    return parse_topics(str(socket.attrs["ws-connect"]).partition("?")[2])
 
 
 def _oob_ids(html: str | None) -> list[str]:
@@ -267,7 +288,7 @@ def test_the_live_partials_are_the_pages_regions_marked_for_an_oob_swap(logged_i
     assert not [e for e in full.elements() if "hx-swap-oob" in e.attrs]
     ws = next(e for e in full.elements() if "ws-connect" in e.attrs)
     assert ws.attrs["hx-ext"] == "ws"
-    assert ws.attrs["ws-connect"] == "/ws/live/?topics=stream:ESC_%3Ci%26amp%3B%22%27:15m"
+    assert _watched(ws) == [make_topic("stream", stream.name, "15m")]
 
     full = page(logged_in, f"/streams/{stream.name}/consumers/{consumer.name}/")
     ids = _oob_ids(consumer_live_html(stream.name, consumer.name))
@@ -299,9 +320,8 @@ def test_the_range_control_swaps_the_chart_region_and_keeps_the_range_in_the_add
     assert fragment.by_id("stream-lag").attrs["data-range"] == "6h"
     assert "hx-swap-oob" not in fragment.by_id("stream-lag").attrs
     socket = fragment.by_id("live-socket").attrs
-    assert socket["hx-swap-oob"] == "true" and str(socket["ws-connect"]).endswith(
-        "stream:ESC_%3Ci%26amp%3B%22%27:6h"
-    )
+    assert socket["hx-swap-oob"] == "true"
+    assert _watched(fragment.by_id("live-socket")) == [make_topic("stream", stream.name, "6h")]
     # a history restore (back button, cache missed) gets the whole page
     restored = page(logged_in, base + "?range=6h", HX_Request="true",
                     HX_History_Restore_Request="true")  # fmt: skip

@@ -33,7 +33,7 @@ from channels.layers import get_channel_layer
 from nats.aio.client import Client
 from opentelemetry import trace
 
-from dashboard.live.topics import base_topic, renderer
+from dashboard.live.topics import base_topic, make_topic, renderer
 from eventbus.natsconn import servers, shown
 
 log = logging.getLogger("flowscope.live")
@@ -89,7 +89,7 @@ def dirty_topics(subject: str, body: dict[str, Any]) -> set[str]:
         if _replayed(body):  # their dead letters are no longer waiting
             streams = body.get("streams")
             found |= {"overview", "topology"} | {
-                f"stream:{s}" for s in (streams if isinstance(streams, list) else [])
+                make_topic("stream", s) for s in (streams if isinstance(streams, list) else [])
                 if isinstance(s, str)
             }  # fmt: skip
         return found
@@ -100,12 +100,12 @@ def dirty_topics(subject: str, body: dict[str, Any]) -> set[str]:
     if not isinstance(streams, dict):
         return topics
     for name, entry in streams.items():
-        topics.add(f"stream:{name}")
+        topics.add(make_topic("stream", name))
         if kind == "lag" and isinstance(entry, dict):
             for consumer in entry.get("consumers") or {}:
-                topics.add(f"consumer:{name}:{consumer}")
+                topics.add(make_topic("consumer", name, consumer))
             for consumer in entry.get("removed") or []:
-                topics.add(f"consumer:{name}:{consumer}")
+                topics.add(make_topic("consumer", name, consumer))
     return topics
 
 
@@ -118,10 +118,10 @@ def _dead_letter_topics(body: dict[str, Any]) -> set[str]:
         for entry in entries if isinstance(entries, list) else []:
             if not isinstance(entry, dict) or not isinstance(entry.get("stream"), str):
                 continue
-            topics.add(f"stream:{entry['stream']}")
+            topics.add(make_topic("stream", entry["stream"]))
             consumer = entry.get("consumer")
             if isinstance(consumer, str) and consumer:
-                topics.add(f"consumer:{entry['stream']}:{consumer}")
+                topics.add(make_topic("consumer", entry["stream"], consumer))
     return topics
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from urllib.parse import quote, unquote
 
 from dashboard.pages.charts import RANGES
 
@@ -42,7 +43,8 @@ def parse_topic(text: str) -> tuple[str, tuple[str, ...]] | None:
     if kind in FILTERED:  # `tail:<filter query string, percent-encoded>` ("" = no filter)
         ok = len(rest) <= MAX_TAIL and ":" not in rest and "," not in rest and rest.isprintable()
         return (kind, (rest,)) if ok else None
-    names = tuple(rest.split(":")) if rest else ()
+    # names percent-encoded (`topic_name`): a stream may be called `a,b` or `v1:orders`
+    names = tuple(unquote(n) for n in rest.split(":")) if rest else ()
     arity = {"stream": 1, "consumer": 2, "replay": 1}.get(kind)
     if arity is None or len(names) not in (arity, arity + (kind != "replay")):
         return None
@@ -51,6 +53,27 @@ def parse_topic(text: str) -> tuple[str, tuple[str, ...]] | None:
     if any(not n or len(n) > MAX_NAME or not n.isprintable() for n in names):
         return None
     return kind, names
+
+
+def topic_name(name: str) -> str:
+    """A stream's or consumer's name as a topic carries it: percent-encoded, so the `,` that
+    separates a page's topics and the `:` that separates a topic's parts stay separators."""
+    return quote(name, safe="")
+
+
+def make_topic(kind: str, *names: str) -> str:
+    """`make_topic("stream", "a,b")` -> `stream:a%2Cb`: the one spelling of a topic, the
+    page's (parse_topics) and the digests' (dashboard/live/hub.py) alike."""
+    return ":".join([kind, *(topic_name(n) for n in names)])
+
+
+def canonical(text: str) -> str | None:
+    """The one spelling of a topic a page sent (None when it is not one)."""
+    parsed = parse_topic(text)
+    if parsed is None:
+        return None
+    kind, names = parsed
+    return text if kind in FILTERED else make_topic(kind, *names)
 
 
 def base_topic(topic: str) -> str:
@@ -73,9 +96,9 @@ def parse_topics(query: str) -> list[str]:
     found: list[str] = []
     for value in parse_qs(query).get("topics", []):
         for text in value.split(","):
-            text = text.strip()
-            if text and text not in found and parse_topic(text) is not None:
-                found.append(text)
+            topic = canonical(text.strip()) if text.strip() else None
+            if topic is not None and topic not in found:
+                found.append(topic)
     return found[:MAX_TOPICS]
 
 
