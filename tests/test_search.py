@@ -358,7 +358,7 @@ def test_a_search_out_of_time_says_what_it_covered_and_continues(db: None) -> No
 
     slowed = query.predicates
 
-    def slow_predicates(f, now):  # type: ignore[no-untyped-def]
+    def slow_predicates(f, now, kinds):  # type: ignore[no-untyped-def]
         return ["pg_temp.slow(payload)"], []  # the text filter, at 0.5 ms a row
 
     query.predicates = slow_predicates  # type: ignore[assignment]

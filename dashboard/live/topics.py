@@ -43,7 +43,7 @@ def parse_topic(text: str) -> tuple[str, tuple[str, ...]] | None:
     if kind in FILTERED:  # `tail:<filter query string, percent-encoded>` ("" = no filter)
         ok = len(rest) <= MAX_TAIL and ":" not in rest and "," not in rest and rest.isprintable()
         return (kind, (rest,)) if ok else None
-    # names percent-encoded (`topic_name`): a stream may be called `a,b` or `v1:orders`
+    # names percent-encoded (`make_topic`): a stream may be called `a,b` or `v1:orders`
     names = tuple(unquote(n) for n in rest.split(":")) if rest else ()
     arity = {"stream": 1, "consumer": 2, "replay": 1}.get(kind)
     if arity is None or len(names) not in (arity, arity + (kind != "replay")):
@@ -55,16 +55,12 @@ def parse_topic(text: str) -> tuple[str, tuple[str, ...]] | None:
     return kind, names
 
 
-def topic_name(name: str) -> str:
-    """A stream's or consumer's name as a topic carries it: percent-encoded, so the `,` that
-    separates a page's topics and the `:` that separates a topic's parts stay separators."""
-    return quote(name, safe="")
-
-
 def make_topic(kind: str, *names: str) -> str:
     """`make_topic("stream", "a,b")` -> `stream:a%2Cb`: the one spelling of a topic, the
-    page's (parse_topics) and the digests' (dashboard/live/hub.py) alike."""
-    return ":".join([kind, *(topic_name(n) for n in names)])
+    page's (parse_topics) and the digests' (dashboard/live/hub.py) alike. Names are
+    percent-encoded, so the `,` that separates a page's topics and the `:` that separates a
+    topic's parts stay separators."""
+    return ":".join([kind, *(quote(n, safe="") for n in names)])
 
 
 def canonical(text: str) -> str | None:

@@ -195,9 +195,7 @@ def _render_parts(request: HttpRequest, template: str, parts: tuple[str, ...],
                   context: dict[str, Any]) -> HttpResponse:  # fmt: skip
     """The first partial for htmx's target; the others marked to swap out of band."""
     first = render_to_string(f"{template}#{parts[0]}", context, request)
-    rest = (render_to_string(f"{template}#{p}", {**context, "socket_oob": True}, request)
-            for p in parts[1:])  # fmt: skip
-    return HttpResponse(first + "".join(rest))
+    return HttpResponse(first + _render_oob(template, parts[1:], context))
 
 
 def _wants_partial(request: HttpRequest) -> bool:

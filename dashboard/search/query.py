@@ -142,8 +142,19 @@ def kind_ids(kind: str) -> list[int]:
         return [r[0] for r in cur.fetchall()]
 
 
-def predicates(f: EventFilter, now: datetime) -> tuple[list[str], list[Any]]:
-    """SQL conditions (and their parameters) for every field but `stream`."""
+def kind_filter_ids(f: EventFilter) -> list[int] | None:
+    """The stream ids `kind` turns on: the stores' for `stream` (left out), the buckets' or
+    the object stores' (kept); None when the filter names no kind."""
+    if f.kind == "stream":
+        return kind_ids("store")
+    return kind_ids(f.kind) if f.kind in STORE_PREFIXES else None
+
+
+def predicates(
+    f: EventFilter, now: datetime, kinds: list[int] | None
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their parameters) for every field but `stream`; `kinds` as
+    kind_filter_ids(f) gives them."""
     where: list[str] = []
     params: list[Any] = []
     if f.subject:
@@ -185,14 +196,12 @@ def predicates(f: EventFilter, now: datetime) -> tuple[list[str], list[Any]]:
             params.append(value.encode())
         where.append("flowscope_try_jsonb(payload) #>> %s = %s")
         params.extend([list(path), value])
-    if f.kind == "stream":  # not a KV bucket's nor an object store's
-        stores = kind_ids("store")
-        if stores:
-            where.append("NOT (stream_id = ANY(%s))")
-            params.append(stores)
+    if f.kind == "stream" and kinds:  # not a KV bucket's nor an object store's
+        where.append("NOT (stream_id = ANY(%s))")
+        params.append(kinds)
     elif f.kind in STORE_PREFIXES:
         where.append("stream_id = ANY(%s)")
-        params.append(kind_ids(f.kind))
+        params.append(kinds or [])
     if f.min_size is not None:
         where.append("size >= %s")
         params.append(f.min_size)
@@ -256,8 +265,11 @@ def oldest_partition_start() -> datetime | None:
     return day.replace(tzinfo=UTC)
 
 
-def _segments(f: EventFilter) -> tuple[str, list[_Segment], dict[int, str]]:
-    """The plan, the parts it walks in order, and the stream names by id."""
+def _segments(
+    f: EventFilter, kinds: list[int] | None
+) -> tuple[str, list[_Segment], dict[int, str]]:
+    """The plan, the parts it walks in order, and the stream names by id (`kinds`: as
+    kind_filter_ids(f) gives them)."""
     if f.trace_id or f.msg_id:
         names: dict[int, str] = {}
         seg = _Segment("index", "index")
@@ -275,7 +287,7 @@ def _segments(f: EventFilter) -> tuple[str, list[_Segment], dict[int, str]]:
         stored = stored_subjects(f.subject) if f.subject and alone else None
         if stored is not None:  # a few concrete subjects: one index scan each, merged
             return "subject", [_Segment("subjects", "subjects", [], [stored])], {}
-        if f.kind in STORE_PREFIXES and not kind_ids(f.kind):  # no such stream: nothing to walk
+        if f.kind in STORE_PREFIXES and not kinds:  # no such stream: nothing to walk
             return "time", [], {}
         return "time", [_Segment("all", "time")], {}
     streams = incarnations(f.stream)
@@ -568,7 +580,8 @@ def search_events(
     started = time.monotonic()
     deadline = started + budget
     now = now or datetime.now(UTC)
-    plan, segments, names = _segments(f)
+    kinds = kind_filter_ids(f)  # asked once, for the plan and the conditions
+    plan, segments, names = _segments(f, kinds)
     position = decode_cursor(f, cursor) if cursor else None
     start_index = 0
     if position is not None:
@@ -576,7 +589,7 @@ def search_events(
         if position["g"] not in keys:
             raise CursorError("the part of the search this cursor was in is gone: start again")
         start_index = keys.index(position["g"])
-    where, params = predicates(f, now)
+    where, params = predicates(f, now, kinds)
     since, until = f.window(now)
     want = limit + 1  # one more than shown tells whether there is a next page
     rows: list[tuple[str, tuple[Any, ...]]] = []
