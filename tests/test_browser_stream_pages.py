@@ -80,16 +80,21 @@ def _charts_alive(page) -> tuple[int, int]:
 
 
 # The widest table's box at 390 px: its hint before and after scrolling to its end, and the
-# mask (the fade) while there was more to the right. One evaluation: pushes may patch it anytime.
+# mask (the fade) while there was more to the right. One evaluation: pushes may patch it anytime,
+# and one that replaced the box meanwhile makes it look again.
 SCROLL_HINTS = """async () => {
     const frames = () => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
-    await frames();
-    const box = [...document.querySelectorAll('.table-scroll')]
-        .sort((a, b) => (b.scrollWidth - b.clientWidth) - (a.scrollWidth - a.clientWidth))[0];
-    const before = box.dataset.more, mask = getComputedStyle(box).maskImage;
-    box.scrollLeft = box.scrollWidth;
-    await frames();
-    return [before, box.dataset.more, mask];
+    let found = null;
+    for (let i = 0; i < 5 && !found; i++) {  // again when a push swapped the box out meanwhile
+        await frames();
+        const box = [...document.querySelectorAll('.table-scroll')]
+            .sort((a, b) => (b.scrollWidth - b.clientWidth) - (a.scrollWidth - a.clientWidth))[0];
+        const before = box.dataset.more, mask = getComputedStyle(box).maskImage;
+        box.scrollLeft = box.scrollWidth;
+        await frames();
+        if (box.isConnected) found = [before, box.dataset.more, mask];
+    }
+    return found;
 }"""
 
 
